@@ -1,0 +1,146 @@
+package spool
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// counters are kept in the meta bucket and updated in the same transaction
+// as the records they count, so Stats never has to scan.
+type counters struct {
+	PendingN, PendingBytes int64
+	DeadN, DeadBytes       int64
+	DedupN                 int64
+}
+
+const countersLen = 5 * 8
+
+func (c counters) encode() []byte {
+	b := make([]byte, countersLen)
+	for i, v := range []int64{c.PendingN, c.PendingBytes, c.DeadN, c.DeadBytes, c.DedupN} {
+		binary.BigEndian.PutUint64(b[i*8:], uint64(v))
+	}
+	return b
+}
+
+func decodeCounters(b []byte) (counters, error) {
+	if len(b) != countersLen {
+		return counters{}, fmt.Errorf("counters are %d bytes, want %d", len(b), countersLen)
+	}
+	v := func(i int) int64 { return int64(binary.BigEndian.Uint64(b[i*8:])) }
+	return counters{v(0), v(1), v(2), v(3), v(4)}, nil
+}
+
+// op is one unit of work for the commit loop. apply runs inside the shared
+// write transaction. It either makes all of its writes or, when it returns a
+// *rejection, none of them; any other error aborts the whole group.
+type op struct {
+	apply   func(tx *bolt.Tx, c *counters, now time.Time) error
+	entries int
+	done    chan error
+}
+
+// rejection is an op-level refusal made before the op wrote anything.
+type rejection struct{ err error }
+
+func (r *rejection) Error() string { return r.err.Error() }
+func (r *rejection) Unwrap() error { return r.err }
+
+func reject(err error) error { return &rejection{err} }
+
+// submit queues o for the commit loop and waits until its transaction is
+// committed (and fsynced) or has failed.
+func (s *Spool) submit(o *op) error {
+	if s.opt.ReadOnly {
+		return errors.New("spool is open read-only")
+	}
+	o.done = make(chan error, 1)
+	s.submitMu.RLock()
+	if s.closed {
+		s.submitMu.RUnlock()
+		return ErrClosed
+	}
+	s.ops <- o
+	s.submitMu.RUnlock()
+	return <-o.done
+}
+
+// loop is the leader of group commit: it blocks for one op, takes every op
+// that queued up meanwhile (up to MaxGroup entries), and commits them in one
+// transaction. There is no timer: an idle spool commits at once.
+func (s *Spool) loop() {
+	defer close(s.loopDone)
+	var carry *op
+	for {
+		first := carry
+		carry = nil
+		if first == nil {
+			var ok bool
+			if first, ok = <-s.ops; !ok {
+				return
+			}
+		}
+		group := []*op{first}
+		entries := first.entries
+	collect:
+		for entries < s.opt.MaxGroup {
+			select {
+			case o, ok := <-s.ops:
+				if !ok {
+					break collect
+				}
+				if entries+o.entries > s.opt.MaxGroup {
+					carry = o
+					break collect
+				}
+				group = append(group, o)
+				entries += o.entries
+			default:
+				break collect
+			}
+		}
+		s.commit(group, entries)
+	}
+}
+
+func (s *Spool) commit(group []*op, entries int) {
+	start := time.Now()
+	now := s.opt.Now()
+	results := make([]error, len(group))
+	s.cmu.Lock()
+	c := s.counters
+	s.cmu.Unlock()
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		for i, o := range group {
+			if err := o.apply(tx, &c, now); err != nil {
+				var r *rejection
+				if errors.As(err, &r) {
+					results[i] = r.err
+					continue
+				}
+				return err
+			}
+		}
+		return tx.Bucket(bucketMeta).Put(metaCounters, c.encode())
+	})
+	if err != nil {
+		err = fmt.Errorf("commit spool %s: %w", s.path, err)
+		for _, o := range group {
+			o.done <- err
+		}
+		return
+	}
+	s.cmu.Lock()
+	s.counters = c
+	s.cmu.Unlock()
+	if s.commitHook != nil {
+		s.commitHook(len(group), entries, time.Since(start))
+	}
+	for i, o := range group {
+		o.done <- results[i]
+	}
+}

@@ -1,0 +1,377 @@
+package spool
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"os"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Entry is one event to append.
+type Entry struct {
+	Kind       Kind
+	Key        []byte // dedup key; nil means the entry is never treated as a repeat
+	MessageID  string
+	ReceivedAt time.Time
+	Event      []byte
+}
+
+// AppendResult says what became of each entry of an Append, in order.
+type AppendResult struct {
+	// IDs holds each entry's record id; for a duplicate, the id under which
+	// the first copy was spooled (it may have been delivered since).
+	IDs []uint64
+	// Duplicate marks the entries that were seen within the dedup window
+	// and not stored again.
+	Duplicate  []bool
+	Duplicates int
+}
+
+// Append stores entries as pending records in one all-or-nothing commit and
+// returns once that commit is fsynced. Entries whose dedup key was admitted
+// within the dedup window (including earlier in the same call) are not
+// stored again. If the new records would exceed the quota, nothing is stored
+// and the error is ErrOverQuota.
+func (s *Spool) Append(entries []Entry) (AppendResult, error) {
+	res := AppendResult{IDs: make([]uint64, len(entries)), Duplicate: make([]bool, len(entries))}
+	if len(entries) == 0 {
+		return res, nil
+	}
+	o := &op{entries: len(entries)}
+	o.apply = func(tx *bolt.Tx, c *counters, now time.Time) error {
+		res.Duplicates = 0
+		pending := tx.Bucket(bucketPending)
+		dedup := tx.Bucket(bucketDedup)
+		window := s.opt.DedupWindow
+		// First pass: find the repeats, so the quota is checked against what
+		// will really be written and a refusal writes nothing.
+		var seen map[string]int
+		var newBytes int64
+		encoded := make([][]byte, len(entries))
+		for i := range entries {
+			e := &entries[i]
+			res.Duplicate[i] = false
+			if window > 0 && len(e.Key) > 0 {
+				if j, ok := seen[string(e.Key)]; ok {
+					res.Duplicate[i] = true
+					res.IDs[i] = uint64(j) // index of the first copy, fixed below
+					res.Duplicates++
+					continue
+				}
+				if v := dedup.Get(e.Key); len(v) == 16 {
+					at := int64(binary.BigEndian.Uint64(v[8:]))
+					if now.Sub(time.Unix(0, at)) < window {
+						res.Duplicate[i] = true
+						res.IDs[i] = btoi(v[:8])
+						res.Duplicates++
+						continue
+					}
+				}
+				if seen == nil {
+					seen = make(map[string]int)
+				}
+				seen[string(e.Key)] = i
+			}
+			r := Record{Kind: e.Kind, ReceivedAt: e.ReceivedAt, MessageID: e.MessageID, Key: e.Key, Event: e.Event}
+			encoded[i] = r.encode()
+			newBytes += int64(len(encoded[i]) + 8)
+		}
+		if s.opt.MaxBytes > 0 && newBytes > 0 && c.PendingBytes+c.DeadBytes+newBytes > s.opt.MaxBytes {
+			return reject(fmt.Errorf("%w (%d of %d bytes used)", ErrOverQuota, c.PendingBytes+c.DeadBytes, s.opt.MaxBytes))
+		}
+		// Second pass: write.
+		exp := tx.Bucket(bucketDedupExp)
+		for i := range entries {
+			if res.Duplicate[i] {
+				continue
+			}
+			id, err := pending.NextSequence()
+			if err != nil {
+				return err
+			}
+			if err := pending.Put(itob(id), encoded[i]); err != nil {
+				return err
+			}
+			res.IDs[i] = id
+			c.PendingN++
+			c.PendingBytes += int64(len(encoded[i]) + 8)
+			e := &entries[i]
+			if window > 0 && len(e.Key) > 0 {
+				if old := dedup.Get(e.Key); len(old) == 16 {
+					// An expired key not yet pruned: replace it.
+					if err := exp.Delete(expKey(old[8:], e.Key)); err != nil {
+						return err
+					}
+				} else {
+					c.DedupN++
+				}
+				v := make([]byte, 16)
+				binary.BigEndian.PutUint64(v, id)
+				binary.BigEndian.PutUint64(v[8:], uint64(now.UnixNano()))
+				if err := dedup.Put(e.Key, v); err != nil {
+					return err
+				}
+				if err := exp.Put(expKey(v[8:], e.Key), nil); err != nil {
+					return err
+				}
+			}
+		}
+		for i := range entries {
+			if res.Duplicate[i] && seen != nil {
+				if j, ok := seen[string(entries[i].Key)]; ok && j < i && !res.Duplicate[j] {
+					res.IDs[i] = res.IDs[j]
+				}
+			}
+		}
+		return nil
+	}
+	if err := s.submit(o); err != nil {
+		return AppendResult{}, err
+	}
+	return res, nil
+}
+
+func expKey(at []byte, key []byte) []byte {
+	k := make([]byte, 0, 8+len(key))
+	k = append(k, at...)
+	return append(k, key...)
+}
+
+// Ack deletes delivered records from the pending bucket in one commit. Ids
+// that are no longer pending are ignored, so a repeated Ack is harmless.
+func (s *Spool) Ack(ids []uint64) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	return s.submit(&op{entries: len(ids), apply: func(tx *bolt.Tx, c *counters, _ time.Time) error {
+		b := tx.Bucket(bucketPending)
+		for _, id := range ids {
+			k := itob(id)
+			v := b.Get(k)
+			if v == nil {
+				continue
+			}
+			n := int64(len(v) + 8)
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+			c.PendingN--
+			c.PendingBytes -= n
+		}
+		return nil
+	}})
+}
+
+// Fail records a failed delivery attempt on each pending record: attempts is
+// incremented and the error kept. The records stay pending.
+func (s *Spool) Fail(ids []uint64, reason string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	return s.submit(&op{entries: len(ids), apply: func(tx *bolt.Tx, c *counters, now time.Time) error {
+		b := tx.Bucket(bucketPending)
+		for _, id := range ids {
+			k := itob(id)
+			v := b.Get(k)
+			if v == nil {
+				continue
+			}
+			r, err := decodeRecord(id, v)
+			if err != nil {
+				return err
+			}
+			r.Attempts++
+			r.LastAttempt = now
+			r.LastError = reason
+			nv := r.encode()
+			if err := b.Put(k, nv); err != nil {
+				return err
+			}
+			c.PendingBytes += int64(len(nv) - len(v))
+		}
+		return nil
+	}})
+}
+
+// Dead moves a pending record to the dead-letter bucket with the reason it
+// cannot be delivered. It returns ErrNotFound if the record is not pending.
+func (s *Spool) Dead(id uint64, reason string) error {
+	return s.submit(&op{entries: 1, apply: func(tx *bolt.Tx, c *counters, now time.Time) error {
+		p, d := tx.Bucket(bucketPending), tx.Bucket(bucketDead)
+		k := itob(id)
+		v := p.Get(k)
+		if v == nil {
+			return reject(fmt.Errorf("record %d: %w", id, ErrNotFound))
+		}
+		r, err := decodeRecord(id, v)
+		if err != nil {
+			return err
+		}
+		r.Attempts++
+		r.LastAttempt = now
+		r.LastError = reason
+		nv := r.encode()
+		if err := p.Delete(k); err != nil {
+			return err
+		}
+		if err := d.Put(k, nv); err != nil {
+			return err
+		}
+		c.PendingN--
+		c.PendingBytes -= int64(len(v) + 8)
+		c.DeadN++
+		c.DeadBytes += int64(len(nv) + 8)
+		return nil
+	}})
+}
+
+// PruneDedup forgets up to max dedup keys admitted longer ago than the dedup
+// window, oldest first, in one small commit so ingest is not stalled behind
+// it. It returns how many it removed; call it again while that equals max.
+func (s *Spool) PruneDedup(max int) (int, error) {
+	if s.opt.DedupWindow <= 0 {
+		return 0, nil
+	}
+	removed := 0
+	err := s.submit(&op{entries: max, apply: func(tx *bolt.Tx, c *counters, now time.Time) error {
+		removed = 0
+		exp, dedup := tx.Bucket(bucketDedupExp), tx.Bucket(bucketDedup)
+		var limit [8]byte
+		binary.BigEndian.PutUint64(limit[:], uint64(now.Add(-s.opt.DedupWindow).UnixNano()))
+		cur := exp.Cursor()
+		var doomed [][]byte
+		for k, _ := cur.First(); k != nil && len(doomed) < max; k, _ = cur.Next() {
+			if bytes.Compare(k[:8], limit[:]) >= 0 {
+				break
+			}
+			doomed = append(doomed, append([]byte(nil), k...))
+		}
+		for _, k := range doomed {
+			if err := exp.Delete(k); err != nil {
+				return err
+			}
+			key := k[8:]
+			// The dedup entry may have been re-admitted since; only drop it if
+			// it still carries this admission time.
+			if v := dedup.Get(key); len(v) == 16 && bytes.Equal(v[8:], k[:8]) {
+				if err := dedup.Delete(key); err != nil {
+					return err
+				}
+				c.DedupN--
+			}
+			removed++
+		}
+		return nil
+	}})
+	return removed, err
+}
+
+// ReadPending returns up to limit pending records with ids greater than
+// after, oldest first. Pass 0 to start at the oldest.
+func (s *Spool) ReadPending(after uint64, limit int) ([]Record, error) {
+	return s.read(bucketPending, after, limit)
+}
+
+// ReadDead returns up to limit dead-letter records with ids greater than
+// after, in id order.
+func (s *Spool) ReadDead(after uint64, limit int) ([]Record, error) {
+	return s.read(bucketDead, after, limit)
+}
+
+func (s *Spool) read(bucket []byte, after uint64, limit int) ([]Record, error) {
+	var out []Record
+	err := s.db.View(func(tx *bolt.Tx) error {
+		cur := tx.Bucket(bucket).Cursor()
+		for k, v := cur.Seek(itob(after + 1)); k != nil && len(out) < limit; k, v = cur.Next() {
+			r, err := decodeRecord(btoi(k), v)
+			if err != nil {
+				return err
+			}
+			out = append(out, r)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Get returns one record and whether it is dead.
+func (s *Spool) Get(id uint64) (Record, bool, error) {
+	var r Record
+	var dead bool
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketPending).Get(itob(id))
+		if v == nil {
+			v = tx.Bucket(bucketDead).Get(itob(id))
+			dead = true
+		}
+		if v == nil {
+			return fmt.Errorf("record %d: %w", id, ErrNotFound)
+		}
+		var err error
+		r, err = decodeRecord(id, v)
+		return err
+	})
+	return r, dead, err
+}
+
+// Stats is a snapshot of the spool's size.
+type Stats struct {
+	Pending       int64     // records waiting for delivery (in-flight ones included)
+	Dead          int64     // records in the dead-letter bucket
+	PendingBytes  int64     // stored bytes of pending records
+	DeadBytes     int64     // stored bytes of dead records
+	Bytes         int64     // PendingBytes + DeadBytes: what the quota counts
+	DedupKeys     int64     // dedup keys remembered
+	OldestPending time.Time // receive time of the oldest pending record; zero if none
+	FileSize      int64     // size of the bbolt file on disk
+}
+
+// Stats reads the counters (kept in step with every commit) and the oldest
+// pending record: constant work whatever the spool holds.
+func (s *Spool) Stats() (Stats, error) {
+	s.cmu.Lock()
+	c := s.counters
+	s.cmu.Unlock()
+	st := Stats{
+		Pending: c.PendingN, Dead: c.DeadN,
+		PendingBytes: c.PendingBytes, DeadBytes: c.DeadBytes, Bytes: c.PendingBytes + c.DeadBytes,
+		DedupKeys: c.DedupN,
+	}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if s.opt.ReadOnly {
+			// No commit loop runs: the file's counters are the truth.
+			fc, err := decodeCounters(tx.Bucket(bucketMeta).Get(metaCounters))
+			if err != nil {
+				return err
+			}
+			st.Pending, st.Dead, st.PendingBytes, st.DeadBytes, st.DedupKeys = fc.PendingN, fc.DeadN, fc.PendingBytes, fc.DeadBytes, fc.DedupN
+			st.Bytes = fc.PendingBytes + fc.DeadBytes
+		}
+		k, v := tx.Bucket(bucketPending).Cursor().First()
+		if k != nil {
+			r, err := decodeRecord(btoi(k), v)
+			if err != nil {
+				return err
+			}
+			st.OldestPending = r.ReceivedAt
+		}
+		return nil
+	})
+	if fi, ferr := os.Stat(s.path); ferr == nil {
+		st.FileSize = fi.Size()
+	}
+	return st, err
+}
+
+// OverQuota reports whether the stored bytes have reached the quota.
+func (s *Spool) OverQuota() bool {
+	if s.opt.MaxBytes <= 0 {
+		return false
+	}
+	s.cmu.Lock()
+	defer s.cmu.Unlock()
+	return s.counters.PendingBytes+s.counters.DeadBytes >= s.opt.MaxBytes
+}

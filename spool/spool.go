@@ -1,0 +1,250 @@
+// Package spool is gwenrelay's durable queue: one bbolt file holding the
+// events that were acknowledged to a sender and not yet accepted by Segment.
+//
+// The contract: Append returns nil only after its records are committed and
+// fsynced, so an acknowledgement given after Append survives a crash, a kill
+// or a power cut. Append is all-or-nothing per call. Records are read oldest
+// first and leave the pending bucket only through Ack (delivered) or Dead
+// (moved to the dead-letter bucket with its error).
+//
+// Every write goes through one commit loop that takes whatever is queued,
+// applies it in one bbolt transaction and fsyncs once. An idle spool commits
+// a lone request at once (no timer), and a busy one amortises each fsync over
+// everything that arrived during the previous commit.
+//
+// This is the only package that imports bbolt.
+package spool
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// FormatVersion is the layout version of the file, kept in the meta bucket.
+// Open refuses a file of another version rather than misreading it.
+const FormatVersion = 1
+
+var (
+	bucketPending  = []byte("pending")
+	bucketDead     = []byte("dead")
+	bucketDedup    = []byte("dedup")     // dedup key -> id(8) | admitted-at unix nanos(8)
+	bucketDedupExp = []byte("dedup_exp") // admitted-at unix nanos(8) | dedup key -> empty, for pruning in time order
+	bucketMeta     = []byte("meta")
+
+	metaFormat   = []byte("format")
+	metaCounters = []byte("counters")
+)
+
+// Errors callers branch on.
+var (
+	// ErrClosed is returned by writes after Close has begun.
+	ErrClosed = errors.New("spool is closed")
+	// ErrOverQuota is returned by Append when the records would take the
+	// spool over Options.MaxBytes. Nothing of the call was written.
+	ErrOverQuota = errors.New("spool is over its byte quota")
+	// ErrLocked is returned by Open when another process holds the file.
+	ErrLocked = errors.New("spool is locked by another process")
+	// ErrNotFound is returned for an id that is not in the bucket asked for.
+	ErrNotFound = errors.New("no such record")
+)
+
+// Options tune a spool. The zero value is usable.
+type Options struct {
+	// MaxBytes caps the bytes of stored records (pending and dead); Append
+	// answers ErrOverQuota beyond it. Zero means no cap. The file itself is
+	// larger than this (bbolt's pages and free space, about 2x at peak).
+	MaxBytes int64
+	// DedupWindow is how long a dedup key keeps a repeat out. Zero disables
+	// deduplication.
+	DedupWindow time.Duration
+	// LockTimeout bounds the wait for bbolt's file lock (default 1s), so a
+	// second opener fails instead of hanging.
+	LockTimeout time.Duration
+	// ReadOnly opens the file with a shared lock and refuses writes.
+	ReadOnly bool
+	// MaxGroup caps the entries committed in one transaction (default 16384).
+	MaxGroup int
+	// Now is the clock (default time.Now); tests move it.
+	Now func() time.Time
+}
+
+// Spool is an open spool file. Its methods are safe for concurrent use.
+type Spool struct {
+	db   *bolt.DB
+	path string
+	opt  Options
+
+	ops      chan *op
+	loopDone chan struct{}
+
+	submitMu sync.RWMutex // held shared by submitters, exclusively by Close
+	closed   bool
+
+	cmu      sync.Mutex
+	counters counters // mirrors the committed meta counters
+
+	commitHook func(groupOps, groupEntries int, d time.Duration)
+}
+
+// Open opens (creating if absent) the spool at path. A file that is locked,
+// unreadable, corrupt or of another format is refused with an error that says
+// so, and is not modified.
+func Open(path string, opt Options) (*Spool, error) {
+	if opt.LockTimeout <= 0 {
+		opt.LockTimeout = time.Second
+	}
+	if opt.MaxGroup <= 0 {
+		opt.MaxGroup = 16384
+	}
+	if opt.Now == nil {
+		opt.Now = time.Now
+	}
+	if !opt.ReadOnly {
+		if dir := filepath.Dir(path); dir != "" {
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				return nil, fmt.Errorf("create spool directory: %w", err)
+			}
+		}
+	} else if _, err := os.Stat(path); err != nil {
+		return nil, openError(path, err)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{
+		Timeout:  opt.LockTimeout,
+		ReadOnly: opt.ReadOnly,
+		// A persisted freelist is rewritten on every commit; with a large
+		// backlog being drained that costs megabytes per commit. bbolt
+		// rebuilds it by scanning at open instead.
+		NoFreelistSync: true,
+		FreelistType:   bolt.FreelistMapType,
+	})
+	if err != nil {
+		return nil, openError(path, err)
+	}
+	s := &Spool{db: db, path: path, opt: opt}
+	if err := s.init(); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	if !opt.ReadOnly {
+		s.ops = make(chan *op, 4096)
+		s.loopDone = make(chan struct{})
+		go s.loop()
+	}
+	return s, nil
+}
+
+func openError(path string, err error) error {
+	switch {
+	case errors.Is(err, berrors.ErrTimeout):
+		return fmt.Errorf("spool %s: %w (is gwenrelay already running on it? stop the service, or reach it with --admin-socket)", path, ErrLocked)
+	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrChecksum), errors.Is(err, berrors.ErrVersionMismatch):
+		return fmt.Errorf("spool %s is not a readable bbolt file (%v); it was left untouched for inspection: move it aside to start with an empty spool", path, err)
+	case errors.Is(err, fs.ErrPermission):
+		return fmt.Errorf("open spool %s: permission denied; run as the user that owns it (gwenrelay) or fix its mode", path)
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("spool %s does not exist; check --spool", path)
+	}
+	return fmt.Errorf("open spool %s: %w", path, err)
+}
+
+// init checks the format of an existing file, or lays out a new one. It
+// reads before it writes, so a foreign or newer file is never modified.
+func (s *Spool) init() error {
+	fresh := false
+	err := s.db.View(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		if meta == nil {
+			empty := true
+			_ = tx.ForEach(func([]byte, *bolt.Bucket) error { empty = false; return nil })
+			if !empty {
+				return fmt.Errorf("spool %s is a bbolt file but not a gwenrelay spool (no meta bucket); it was left untouched: check --spool", s.path)
+			}
+			fresh = true
+			return nil
+		}
+		f := meta.Get(metaFormat)
+		if len(f) != 1 {
+			return fmt.Errorf("spool %s has no readable format version; it was left untouched for inspection", s.path)
+		}
+		if f[0] != FormatVersion {
+			return fmt.Errorf("spool %s has format version %d; this gwenrelay reads version %d: use the gwenrelay that wrote it, or move the file aside", s.path, f[0], FormatVersion)
+		}
+		for _, b := range [][]byte{bucketPending, bucketDead, bucketDedup, bucketDedupExp} {
+			if tx.Bucket(b) == nil {
+				return fmt.Errorf("spool %s is damaged: bucket %q is missing; it was left untouched for inspection", s.path, b)
+			}
+		}
+		c, err := decodeCounters(meta.Get(metaCounters))
+		if err != nil {
+			return fmt.Errorf("spool %s is damaged: %v; it was left untouched for inspection", s.path, err)
+		}
+		s.counters = c
+		return nil
+	})
+	if err != nil || !fresh {
+		return err
+	}
+	if s.opt.ReadOnly {
+		return fmt.Errorf("spool %s is empty (not yet initialised by gwenrelay serve)", s.path)
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketPending, bucketDead, bucketDedup, bucketDedupExp, bucketMeta} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		meta := tx.Bucket(bucketMeta)
+		if err := meta.Put(metaFormat, []byte{FormatVersion}); err != nil {
+			return err
+		}
+		return meta.Put(metaCounters, counters{}.encode())
+	})
+}
+
+// Path returns the file the spool was opened from.
+func (s *Spool) Path() string { return s.path }
+
+// Close stops taking writes, commits everything already submitted, and closes
+// the file. It is safe to call more than once.
+func (s *Spool) Close() error {
+	s.submitMu.Lock()
+	already := s.closed
+	s.closed = true
+	if !already && s.ops != nil {
+		close(s.ops)
+	}
+	s.submitMu.Unlock()
+	if already {
+		return nil
+	}
+	if s.loopDone != nil {
+		<-s.loopDone
+	}
+	return s.db.Close()
+}
+
+// Check runs bbolt's consistency check over the whole file.
+func (s *Spool) Check() error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		var errs []error
+		for err := range tx.Check() {
+			errs = append(errs, err)
+		}
+		return errors.Join(errs...)
+	})
+}
+
+// SetCommitHook installs a function called after each commit with the number
+// of operations and entries it carried and how long it took (for metrics).
+// Call it before the spool is used.
+func (s *Spool) SetCommitHook(f func(groupOps, groupEntries int, d time.Duration)) {
+	s.commitHook = f
+}
