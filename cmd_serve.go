@@ -1,0 +1,259 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"github.com/urfave/cli/v2/altsrc"
+
+	"github.com/gwenrelay/gwenrelay/relay"
+	"github.com/gwenrelay/gwenrelay/spool"
+)
+
+// shutdownTimeout bounds how long a stop waits for requests in progress.
+const shutdownTimeout = 20 * time.Second
+
+func envVar(flag string) []string {
+	return []string{"GWENRELAY_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))}
+}
+
+// defaultSpoolPath is $STATE_DIRECTORY/spool.db under systemd, else the
+// packaged location.
+func defaultSpoolPath() string {
+	if d := os.Getenv("STATE_DIRECTORY"); d != "" {
+		first, _, _ := strings.Cut(d, ":")
+		return filepath.Join(first, "spool.db")
+	}
+	return "/var/lib/gwenrelay/spool.db"
+}
+
+func serveFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "config", Usage: "YAML file with flag values (keys are flag names) and a mapping: section", EnvVars: envVar("config")},
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "listen", Value: ":8080", Usage: "address for webhooks, /healthz and /readyz", EnvVars: envVar("listen")}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "spool", Value: defaultSpoolPath(), Usage: "spool file", EnvVars: envVar("spool")}),
+		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "inbound-token", Usage: "accepted sender token (repeat for rotation); prefer --inbound-token-file", EnvVars: envVar("inbound-token")}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "inbound-token-file", Usage: "file with accepted sender tokens, one a line", EnvVars: envVar("inbound-token-file")}),
+		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "insecure-no-auth", Usage: "accept webhooks without a credential (trusted networks only)", EnvVars: envVar("insecure-no-auth")}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "hmac-secret-file", Usage: "file with a secret; requests must then carry sha256=<hex HMAC-SHA256 of the body>", EnvVars: envVar("hmac-secret-file")}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "hmac-header", Value: relay.DefaultHMACHeader, Usage: "header that carries the body signature", EnvVars: envVar("hmac-header")}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "max-body", Value: "5MiB", Usage: "largest request body, after gzip (bytes or units: 1048576, 1MiB)", EnvVars: envVar("max-body")}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "spool-max-bytes", Value: "0", Usage: "stored bytes at which ingest answers 503 (0: no quota; the file grows to about twice this)", EnvVars: envVar("spool-max-bytes")}),
+		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "dedup-window", Value: 24 * time.Hour, Usage: "how long a delivered event's key keeps a repeat out", EnvVars: envVar("dedup-window")}),
+		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "dry-run", Usage: "do not send to Segment (required: delivery to Segment is not part of this build yet; events stay in the spool)", EnvVars: envVar("dry-run")}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: envVar("log-level")}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text or json", EnvVars: envVar("log-format")}),
+	}
+}
+
+func serveCommand() *cli.Command {
+	flags := serveFlags()
+	return &cli.Command{
+		Name:  "serve",
+		Usage: "run the relay",
+		Flags: flags,
+		Before: func(c *cli.Context) error {
+			if c.String("config") == "" {
+				return nil
+			}
+			if err := altsrc.InitInputSourceWithContext(flags, altsrc.NewYamlSourceFromFlagFunc("config"))(c); err != nil {
+				return usagef("--config %s: %v", c.String("config"), err)
+			}
+			return nil
+		},
+		Action: serve,
+		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
+			return usageError{fmt.Errorf("%w (see gwenrelay serve --help)", err)}
+		},
+	}
+}
+
+func newLogger(c *cli.Context) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
+		return nil, usagef("--log-level %q: want debug, info, warn or error", c.String("log-level"))
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	// journald stamps every line itself; a second timestamp is noise.
+	if os.Getenv("JOURNAL_STREAM") != "" {
+		opts.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
+			if len(groups) == 0 && a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		}
+	}
+	switch c.String("log-format") {
+	case "text":
+		return slog.New(slog.NewTextHandler(c.App.ErrWriter, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(c.App.ErrWriter, opts)), nil
+	}
+	return nil, usagef("--log-format %q: want text or json", c.String("log-format"))
+}
+
+// readTokenFile reads one token a line; blank lines and # comments are skipped.
+func readTokenFile(path string) ([]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		out = append(out, line)
+	}
+	return out, sc.Err()
+}
+
+func buildAuth(c *cli.Context) (*relay.Auth, error) {
+	tokens := append([]string(nil), c.StringSlice("inbound-token")...)
+	if p := c.String("inbound-token-file"); p != "" {
+		ft, err := readTokenFile(p)
+		if err != nil {
+			return nil, usagef("--inbound-token-file: %v", err)
+		}
+		if len(ft) == 0 {
+			return nil, usagef("--inbound-token-file %s holds no token", p)
+		}
+		tokens = append(tokens, ft...)
+	}
+	var secret []byte
+	if p := c.String("hmac-secret-file"); p != "" {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, usagef("--hmac-secret-file: %v", err)
+		}
+		secret = []byte(strings.TrimSpace(string(b)))
+		if len(secret) == 0 {
+			return nil, usagef("--hmac-secret-file %s is empty", p)
+		}
+	}
+	a, err := relay.NewAuth(tokens, c.Bool("insecure-no-auth"), secret, c.String("hmac-header"))
+	if err != nil {
+		return nil, usageError{err}
+	}
+	return a, nil
+}
+
+func buildMapping(c *cli.Context) (*relay.Mapping, error) {
+	p := c.String("config")
+	if p == "" {
+		return relay.DefaultMapping(buildVersion()), nil
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return nil, usagef("--config: %v", err)
+	}
+	m, err := relay.ParseMappingConfig(b, buildVersion())
+	if err != nil {
+		return nil, usagef("--config %s: %v", p, err)
+	}
+	return m, nil
+}
+
+func serve(c *cli.Context) error {
+	if c.Args().Len() > 0 {
+		return usagef("serve takes no arguments, got %q", c.Args().Slice())
+	}
+	log, err := newLogger(c)
+	if err != nil {
+		return err
+	}
+	if !c.Bool("dry-run") {
+		return usagef("delivery to Segment is not part of this build yet: pass --dry-run to run the relay with events kept in the spool")
+	}
+	maxBody, err := parseSize(c.String("max-body"))
+	if err != nil || maxBody <= 0 {
+		return usagef("--max-body %q: want a positive size such as 5MiB", c.String("max-body"))
+	}
+	quota, err := parseSize(c.String("spool-max-bytes"))
+	if err != nil {
+		return usagef("--spool-max-bytes %q: %v", c.String("spool-max-bytes"), err)
+	}
+	auth, err := buildAuth(c)
+	if err != nil {
+		return err
+	}
+	mapping, err := buildMapping(c)
+	if err != nil {
+		return err
+	}
+	if auth.Tokens() == 0 {
+		log.Warn("accepting webhooks without a credential (--insecure-no-auth)")
+	}
+
+	sp, err := spool.Open(c.String("spool"), spool.Options{MaxBytes: quota, DedupWindow: c.Duration("dedup-window")})
+	if err != nil {
+		return err
+	}
+	closeSpool := func() {
+		if err := sp.Close(); err != nil {
+			log.Error("closing spool", "error", err)
+		}
+	}
+	st, err := sp.Stats()
+	if err != nil {
+		closeSpool()
+		return fmt.Errorf("read spool %s: %w", sp.Path(), err)
+	}
+	log.Info("spool open", "path", sp.Path(), "pending", st.Pending, "dead", st.Dead, "bytes", st.Bytes)
+
+	ln, err := net.Listen("tcp", c.String("listen"))
+	if err != nil {
+		closeSpool()
+		return fmt.Errorf("listen on %s: %w (is another process using the port? change --listen)", c.String("listen"), err)
+	}
+	ingest := relay.NewIngest(relay.IngestConfig{Store: sp, Auth: auth, Mapping: mapping, MaxBody: maxBody, Logger: log})
+	srv := relay.NewServer(ingest)
+	log.Info("listening", "addr", ln.Addr().String(), "version", buildVersion(), "dry_run", true)
+
+	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	pruneCtx, stopPrune := context.WithCancel(context.Background())
+	pruneDone := make(chan struct{})
+	go func() {
+		defer close(pruneDone)
+		relay.PruneDedupLoop(pruneCtx, sp, time.Minute, log)
+	}()
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info("stopping: finishing requests in progress")
+	case err := <-serveErr:
+		runErr = fmt.Errorf("serve %s: %w", ln.Addr(), err)
+	}
+	stopPrune()
+	<-pruneDone
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.Canceled) {
+		log.Warn("requests still in progress at the shutdown deadline", "error", err)
+	}
+	if err := sp.Close(); err != nil && runErr == nil {
+		runErr = fmt.Errorf("close spool: %w", err)
+	}
+	if runErr == nil {
+		log.Info("stopped cleanly")
+	}
+	return runErr
+}

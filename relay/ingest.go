@@ -1,0 +1,363 @@
+package relay
+
+import (
+	"bytes"
+	"compress/gzip"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unicode/utf8"
+
+	"github.com/gwenrelay/gwenrelay/spool"
+)
+
+// Store is where accepted events go. *spool.Spool implements it: Append
+// returns only once the entries are fsynced.
+type Store interface {
+	Append([]spool.Entry) (spool.AppendResult, error)
+	OverQuota() bool
+}
+
+// Limits of the ingest path.
+const (
+	// DefaultMaxBody is the default cap on a request body, after gzip.
+	DefaultMaxBody = 5 << 20
+	// MaxEventsPerRequest is the most events one request may carry.
+	MaxEventsPerRequest = 1000
+	// MaxMessageBytes is Segment's limit on one message; a bigger one would
+	// be rejected by Segment, so it is refused here while the sender can
+	// still act on it.
+	MaxMessageBytes = 32000
+	// DefaultMaxInFlight is how many ingest requests are processed at once;
+	// beyond it the relay answers 503 rather than queueing without bound.
+	DefaultMaxInFlight = 1024
+)
+
+// IngestConfig configures the webhook handler.
+type IngestConfig struct {
+	Store       Store
+	Auth        *Auth
+	Mapping     *Mapping
+	MaxBody     int64 // default DefaultMaxBody
+	MaxInFlight int   // default DefaultMaxInFlight
+	Now         func() time.Time
+	Logger      *slog.Logger
+}
+
+// Ingest serves POST /webhook: authenticate, bound, validate, map, spool,
+// and answer 2xx only after the spool's commit is on disk.
+type Ingest struct {
+	store    Store
+	auth     atomic.Pointer[Auth]
+	mapping  atomic.Pointer[Mapping]
+	maxBody  int64
+	inflight chan struct{}
+	now      func() time.Time
+	log      *slog.Logger
+	stopping atomic.Bool
+
+	typesMu   sync.Mutex
+	typesSeen map[string]bool
+}
+
+// NewIngest builds the handler.
+func NewIngest(cfg IngestConfig) *Ingest {
+	h := &Ingest{store: cfg.Store, maxBody: cfg.MaxBody, now: cfg.Now, log: cfg.Logger, typesSeen: map[string]bool{}}
+	if h.maxBody <= 0 {
+		h.maxBody = DefaultMaxBody
+	}
+	n := cfg.MaxInFlight
+	if n <= 0 {
+		n = DefaultMaxInFlight
+	}
+	h.inflight = make(chan struct{}, n)
+	if h.now == nil {
+		h.now = time.Now
+	}
+	if h.log == nil {
+		h.log = slog.Default()
+	}
+	h.log = h.log.With("system", "ingest")
+	h.auth.Store(cfg.Auth)
+	m := cfg.Mapping
+	if m == nil {
+		m = DefaultMapping("")
+	}
+	h.mapping.Store(m)
+	return h
+}
+
+// SetAuth replaces the credential check (on reload) without dropping requests.
+func (h *Ingest) SetAuth(a *Auth) { h.auth.Store(a) }
+
+// SetMapping replaces the mapping overrides (on reload).
+func (h *Ingest) SetMapping(m *Mapping) { h.mapping.Store(m) }
+
+// Stop makes every later request answer 503 with Retry-After; requests
+// already past the check finish normally.
+func (h *Ingest) Stop() { h.stopping.Store(true) }
+
+// Stopping reports whether Stop was called.
+func (h *Ingest) Stopping() bool { return h.stopping.Load() }
+
+// ingestResponse is the body of a 2xx answer.
+type ingestResponse struct {
+	Accepted   int      `json:"accepted"`
+	Duplicates int      `json:"duplicates"`
+	IDs        []uint64 `json:"ids"`
+}
+
+// apiError is a failure answer: its status, a message that says what was
+// wrong, and for 503 how long the sender should wait.
+type apiError struct {
+	status     int
+	msg        string
+	retryAfter int
+}
+
+func (e *apiError) Error() string { return e.msg }
+
+func errorf(status int, format string, args ...any) *apiError {
+	return &apiError{status: status, msg: fmt.Sprintf(format, args...)}
+}
+
+func unavailable(retryAfter int, format string, args ...any) *apiError {
+	return &apiError{status: http.StatusServiceUnavailable, msg: fmt.Sprintf(format, args...), retryAfter: retryAfter}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, e *apiError) {
+	if e.retryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(e.retryAfter))
+	}
+	if e.status == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Basic realm="gwenrelay", Bearer`)
+	}
+	writeJSON(w, e.status, map[string]string{"error": e.msg})
+}
+
+func (h *Ingest) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	resp, status, aerr := h.handle(w, r)
+	if aerr != nil {
+		if aerr.status >= 500 {
+			h.log.Warn("webhook refused", "status", aerr.status, "error", aerr.msg, "remote", r.RemoteAddr)
+		} else {
+			h.log.Debug("webhook rejected", "status", aerr.status, "error", aerr.msg, "remote", r.RemoteAddr)
+		}
+		writeError(w, aerr)
+		return
+	}
+	writeJSON(w, status, resp)
+}
+
+func (h *Ingest) handle(w http.ResponseWriter, r *http.Request) (*ingestResponse, int, *apiError) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		return nil, 0, errorf(http.StatusMethodNotAllowed, "method %s not allowed: POST a JSON event or array of events", r.Method)
+	}
+	if h.stopping.Load() {
+		return nil, 0, unavailable(5, "gwenrelay is shutting down; retry shortly")
+	}
+	auth := h.auth.Load()
+	if !auth.checkToken(r) {
+		if r.Header.Get("Authorization") == "" {
+			return nil, 0, errorf(http.StatusUnauthorized, "missing credential: send Authorization: Bearer <token> or Basic with the token as user name")
+		}
+		return nil, 0, errorf(http.StatusUnauthorized, "credential not accepted")
+	}
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		mt, _, err := mime.ParseMediaType(ct)
+		if err != nil || !(mt == "application/json" || strings.HasSuffix(mt, "+json")) {
+			return nil, 0, errorf(http.StatusUnsupportedMediaType, "content type %q is not JSON: send application/json", ct)
+		}
+	}
+	gzipped := false
+	switch enc := strings.ToLower(strings.TrimSpace(r.Header.Get("Content-Encoding"))); enc {
+	case "", "identity":
+	case "gzip", "x-gzip":
+		gzipped = true
+	default:
+		return nil, 0, errorf(http.StatusUnsupportedMediaType, "content encoding %q is not supported: send gzip or no encoding", enc)
+	}
+	select {
+	case h.inflight <- struct{}{}:
+		defer func() { <-h.inflight }()
+	default:
+		return nil, 0, unavailable(1, "too many requests in progress; retry shortly")
+	}
+
+	raw, aerr := h.readBody(w, r, gzipped)
+	if aerr != nil {
+		return nil, 0, aerr
+	}
+	if err := auth.checkSignature(r, raw.wire); err != nil {
+		return nil, 0, errorf(http.StatusUnauthorized, "signature: %v", err)
+	}
+	now := h.now()
+	entries, aerr := h.parse(raw.body, r.Header.Get("Idempotency-Key"), now)
+	if aerr != nil {
+		return nil, 0, aerr
+	}
+	res, err := h.store.Append(entries)
+	if err != nil {
+		return nil, 0, storeError(err)
+	}
+	out := &ingestResponse{Accepted: len(entries) - res.Duplicates, Duplicates: res.Duplicates, IDs: res.IDs}
+	if res.Duplicates == len(entries) {
+		return out, http.StatusOK, nil
+	}
+	return out, http.StatusAccepted, nil
+}
+
+// storeError turns a failed commit into a 503 that tells the sender to come
+// back: nothing of the request was stored.
+func storeError(err error) *apiError {
+	switch {
+	case errors.Is(err, spool.ErrOverQuota):
+		return unavailable(30, "spool is full (%v); retry later", err)
+	case errors.Is(err, spool.ErrClosed):
+		return unavailable(5, "gwenrelay is shutting down; retry shortly")
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		return unavailable(30, "spool disk is full; nothing was stored, retry later")
+	}
+	return unavailable(5, "spool could not commit; nothing was stored, retry later")
+}
+
+type requestBody struct {
+	wire []byte // as received, for the signature
+	body []byte // after gzip
+}
+
+func (h *Ingest) readBody(w http.ResponseWriter, r *http.Request, gzipped bool) (requestBody, *apiError) {
+	wire, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.maxBody))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return requestBody{}, errorf(http.StatusRequestEntityTooLarge, "body is over the %d-byte limit", h.maxBody)
+		}
+		return requestBody{}, errorf(http.StatusBadRequest, "reading body: %v", err)
+	}
+	if !gzipped {
+		return requestBody{wire: wire, body: wire}, nil
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(wire))
+	if err != nil {
+		return requestBody{}, errorf(http.StatusBadRequest, "body is not valid gzip: %v", err)
+	}
+	body, err := io.ReadAll(io.LimitReader(zr, h.maxBody+1))
+	if err != nil {
+		return requestBody{}, errorf(http.StatusBadRequest, "body is not valid gzip: %v", err)
+	}
+	if int64(len(body)) > h.maxBody {
+		return requestBody{}, errorf(http.StatusRequestEntityTooLarge, "decompressed body is over the %d-byte limit", h.maxBody)
+	}
+	return requestBody{wire: wire, body: body}, nil
+}
+
+// parse validates the body and builds one spool entry per event. Any bad
+// event rejects the whole request, so nothing of it is stored.
+func (h *Ingest) parse(body []byte, idemKey string, now time.Time) ([]spool.Entry, *apiError) {
+	if !utf8.Valid(body) {
+		return nil, errorf(http.StatusBadRequest, "body is not valid UTF-8")
+	}
+	if !json.Valid(body) {
+		return nil, errorf(http.StatusBadRequest, "body is not valid JSON")
+	}
+	trimmed := bytes.TrimLeft(body, " \t\r\n")
+	var raws []json.RawMessage
+	array := len(trimmed) > 0 && trimmed[0] == '['
+	if array {
+		if err := json.Unmarshal(trimmed, &raws); err != nil {
+			return nil, errorf(http.StatusBadRequest, "body is not valid JSON: %v", err)
+		}
+		if len(raws) == 0 {
+			return nil, errorf(http.StatusBadRequest, "empty array: send at least one event")
+		}
+		if len(raws) > MaxEventsPerRequest {
+			return nil, errorf(http.StatusBadRequest, "%d events in one request; at most %d are allowed", len(raws), MaxEventsPerRequest)
+		}
+	} else {
+		raws = []json.RawMessage{trimmed}
+	}
+	mapping := h.mapping.Load()
+	entries := make([]spool.Entry, len(raws))
+	for i, raw := range raws {
+		where := ""
+		if array {
+			where = fmt.Sprintf("events[%d]", i)
+		}
+		ev, err := ParseEvent(raw, now)
+		if err != nil {
+			return nil, errorf(http.StatusBadRequest, "%s", joinPath(where, err))
+		}
+		canon, err := canonicalJSON(raw)
+		if err != nil {
+			return nil, errorf(http.StatusBadRequest, "%s", joinPath(where, err))
+		}
+		key := dedupKey(idemKey, i, canon)
+		msgID := messageIDFor(key)
+		msg, err := mapping.Map(ev, now, msgID)
+		if err != nil {
+			return nil, errorf(http.StatusBadRequest, "%s", joinPath(where, err))
+		}
+		enc, err := MarshalMessage(msg)
+		if err != nil {
+			return nil, errorf(http.StatusBadRequest, "%s", joinPath(where, err))
+		}
+		if len(enc) > MaxMessageBytes {
+			return nil, errorf(http.StatusRequestEntityTooLarge, "%s", joinPath(where, fmt.Errorf("the Segment message would be %d bytes; Segment accepts at most %d", len(enc), MaxMessageBytes)))
+		}
+		h.noteType(ev.Type)
+		entries[i] = spool.Entry{Kind: spool.KindGWEN, Key: key, MessageID: msgID, ReceivedAt: now, Event: canon}
+	}
+	return entries, nil
+}
+
+// joinPath prefixes an event's position to its error: "events[3].userId: …".
+func joinPath(where string, err error) string {
+	if where == "" {
+		return err.Error()
+	}
+	var fe *FieldError
+	if errors.As(err, &fe) && fe.Field != "" {
+		return where + "." + fe.Error()
+	}
+	return where + ": " + err.Error()
+}
+
+// maxTypesSeen bounds the memory spent remembering event types for the
+// first-sighting log.
+const maxTypesSeen = 1000
+
+// noteType logs the first sighting of a GWEN type outside the mapping table:
+// GWEN does not publish its type strings, so a new one is worth a look.
+func (h *Ingest) noteType(t string) {
+	n := NormalizeType(t)
+	if KnownType(n) {
+		return
+	}
+	h.typesMu.Lock()
+	first := !h.typesSeen[n] && len(h.typesSeen) < maxTypesSeen
+	if first {
+		h.typesSeen[n] = true
+	}
+	h.typesMu.Unlock()
+	if first {
+		h.log.Info("first sighting of a GWEN event type outside the mapping table; forwarded with its type as the event name", "type", t)
+	}
+}

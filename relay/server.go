@@ -1,0 +1,86 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"time"
+)
+
+// Timeouts of the public server. A client that dribbles its headers or body
+// is cut off instead of holding a connection and a goroutine for ever.
+const (
+	ReadHeaderTimeout = 5 * time.Second
+	ReadTimeout       = 30 * time.Second
+	WriteTimeout      = 30 * time.Second
+	IdleTimeout       = 120 * time.Second
+	MaxHeaderBytes    = 64 << 10
+)
+
+// Server is the public HTTP endpoint: POST /webhook plus /healthz and
+// /readyz for load balancers.
+type Server struct {
+	Ingest *Ingest
+	http   *http.Server
+}
+
+// NewServer wires the routes and the timeouts.
+func NewServer(ingest *Ingest) *Server {
+	s := &Server{Ingest: ingest}
+	mux := http.NewServeMux()
+	mux.Handle("/webhook", ingest)
+	mux.HandleFunc("/healthz", s.healthz)
+	mux.HandleFunc("/readyz", s.readyz)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, errorf(http.StatusNotFound, "no such endpoint %s: POST events to /webhook", r.URL.Path))
+	})
+	s.http = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: ReadHeaderTimeout,
+		ReadTimeout:       ReadTimeout,
+		WriteTimeout:      WriteTimeout,
+		IdleTimeout:       IdleTimeout,
+		MaxHeaderBytes:    MaxHeaderBytes,
+		ErrorLog:          nil,
+	}
+	return s
+}
+
+// Handler returns the routes, for tests and benchmarks that bring their own
+// listener.
+func (s *Server) Handler() http.Handler { return s.http.Handler }
+
+// Serve serves on l until Shutdown; it returns nil after a clean shutdown.
+func (s *Server) Serve(l net.Listener) error {
+	err := s.http.Serve(l)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops accepting connections, answers 503 to any request that
+// still arrives, and waits (up to ctx) for requests in progress, including
+// their spool commits, to finish.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.Ingest.Stop()
+	return s.http.Shutdown(ctx)
+}
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// readyz says whether a load balancer should send webhooks here: not while
+// stopping, and not while the spool is over its quota.
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	switch {
+	case s.Ingest.Stopping():
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "stopping"})
+	case s.Ingest.store.OverQuota():
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "spool over quota"})
+	default:
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	}
+}
