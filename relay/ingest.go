@@ -88,7 +88,11 @@ func NewIngest(cfg IngestConfig) *Ingest {
 		h.log = slog.Default()
 	}
 	h.log = h.log.With("system", "ingest")
-	h.auth.Store(cfg.Auth)
+	a := cfg.Auth
+	if a == nil {
+		a = &Auth{} // no token and not insecure: every request is refused
+	}
+	h.auth.Store(a)
 	m := cfg.Mapping
 	if m == nil {
 		m = DefaultMapping("")
