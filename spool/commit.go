@@ -52,6 +52,9 @@ func (r *rejection) Unwrap() error { return r.err }
 
 func reject(err error) error { return &rejection{err} }
 
+// errNothingToCommit rolls back a group in which every op was refused.
+var errNothingToCommit = errors.New("nothing to commit")
+
 // submit queues o for the commit loop and waits until its transaction is
 // committed (and fsynced) or has failed.
 func (s *Spool) submit(o *op) error {
@@ -115,18 +118,30 @@ func (s *Spool) commit(group []*op, entries int) {
 	c := s.counters
 	s.cmu.Unlock()
 	err := s.db.Update(func(tx *bolt.Tx) error {
+		rejected := 0
 		for i, o := range group {
 			if err := o.apply(tx, &c, now); err != nil {
 				var r *rejection
 				if errors.As(err, &r) {
 					results[i] = r.err
+					rejected++
 					continue
 				}
 				return err
 			}
 		}
+		if rejected == len(group) {
+			// Nothing was written: roll back instead of paying an fsync.
+			return errNothingToCommit
+		}
 		return tx.Bucket(bucketMeta).Put(metaCounters, c.encode())
 	})
+	if errors.Is(err, errNothingToCommit) {
+		for i, o := range group {
+			o.done <- results[i]
+		}
+		return
+	}
 	if err != nil {
 		err = fmt.Errorf("commit spool %s: %w", s.path, err)
 		for _, o := range group {

@@ -19,6 +19,10 @@ type Entry struct {
 	Event      []byte
 }
 
+// MaxKeyLen is the longest dedup key Append accepts while deduplication is
+// on: bbolt's key limit less the 8-byte time prefix of the expiry index.
+const MaxKeyLen = bolt.MaxKeySize - 8
+
 // AppendResult says what became of each entry of an Append, in order.
 type AppendResult struct {
 	// IDs holds each entry's record id; for a duplicate, the id under which
@@ -39,6 +43,15 @@ func (s *Spool) Append(entries []Entry) (AppendResult, error) {
 	res := AppendResult{IDs: make([]uint64, len(entries)), Duplicate: make([]bool, len(entries))}
 	if len(entries) == 0 {
 		return res, nil
+	}
+	if s.opt.DedupWindow > 0 {
+		// Checked before submitting: bbolt would refuse the key inside the
+		// shared transaction, failing every other op of the group with it.
+		for i := range entries {
+			if len(entries[i].Key) > MaxKeyLen {
+				return AppendResult{}, fmt.Errorf("entry %d: %w (%d bytes, at most %d)", i, ErrKeyTooLong, len(entries[i].Key), MaxKeyLen)
+			}
+		}
 	}
 	o := &op{entries: len(entries)}
 	o.apply = func(tx *bolt.Tx, c *counters, now time.Time) error {
@@ -181,7 +194,9 @@ func (s *Spool) Fail(ids []uint64, reason string) error {
 			}
 			r, err := decodeRecord(id, v)
 			if err != nil {
-				return err
+				// Unreadable: leave it as it is rather than fail the whole
+				// group; Dead can still move it aside.
+				continue
 			}
 			r.Attempts++
 			r.LastAttempt = now
@@ -206,14 +221,14 @@ func (s *Spool) Dead(id uint64, reason string) error {
 		if v == nil {
 			return reject(fmt.Errorf("record %d: %w", id, ErrNotFound))
 		}
-		r, err := decodeRecord(id, v)
-		if err != nil {
-			return err
+		// An unreadable record is moved as it is, for inspection.
+		nv := append([]byte(nil), v...)
+		if r, err := decodeRecord(id, v); err == nil {
+			r.Attempts++
+			r.LastAttempt = now
+			r.LastError = reason
+			nv = r.encode()
 		}
-		r.Attempts++
-		r.LastAttempt = now
-		r.LastError = reason
-		nv := r.encode()
 		if err := p.Delete(k); err != nil {
 			return err
 		}

@@ -16,8 +16,10 @@
 package spool
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -54,6 +56,9 @@ var (
 	ErrLocked = errors.New("spool is locked by another process")
 	// ErrNotFound is returned for an id that is not in the bucket asked for.
 	ErrNotFound = errors.New("no such record")
+	// ErrKeyTooLong is returned by Append, with nothing written, when an
+	// entry's dedup key is longer than MaxKeyLen (hash such keys first).
+	ErrKeyTooLong = errors.New("dedup key is too long")
 )
 
 // Options tune a spool. The zero value is usable.
@@ -116,6 +121,9 @@ func Open(path string, opt Options) (*Spool, error) {
 	} else if _, err := os.Stat(path); err != nil {
 		return nil, openError(path, err)
 	}
+	if err := checkLength(path); err != nil {
+		return nil, err
+	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{
 		Timeout:  opt.LockTimeout,
 		ReadOnly: opt.ReadOnly,
@@ -153,6 +161,75 @@ func openError(path string, err error) error {
 		return fmt.Errorf("spool %s does not exist; check --spool", path)
 	}
 	return fmt.Errorf("open spool %s: %w", path, err)
+}
+
+// checkLength refuses a file that is shorter than its bbolt meta page says
+// (a truncated copy, a restore cut short by a full disk). bbolt trusts the
+// meta page and maps the file: reading past its end is a SIGBUS or an
+// assertion panic inside bolt.Open, which kills the process instead of
+// returning an error. Only the two meta pages are read (bbolt's on-disk
+// format v2: page header 16 bytes, then magic, version, page size, flags,
+// root bucket, freelist, high-water mark, txid, FNV-64a checksum, in native
+// byte order); anything else is left to bolt.Open to judge.
+func checkLength(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil // absent (created by Open) or unreadable: bolt.Open reports it
+	}
+	defer f.Close()
+	size := func() int64 {
+		fi, err := f.Stat()
+		if err != nil {
+			return -1
+		}
+		return fi.Size()
+	}
+	if size() <= 0 {
+		return nil // a new file: bolt.Open lays it out
+	}
+	meta := func(off int64) (pageSize, hwm int64, ok bool) {
+		var b [80]byte
+		if _, err := f.ReadAt(b[:], off); err != nil {
+			return 0, 0, false
+		}
+		m := b[16:]
+		ne := binary.NativeEndian
+		h := fnv.New64a()
+		_, _ = h.Write(m[:56])
+		if ne.Uint32(m[0:]) != 0xED0CDAED || ne.Uint32(m[4:]) != 2 || ne.Uint64(m[56:]) != h.Sum64() {
+			return 0, 0, false
+		}
+		return int64(ne.Uint32(m[8:])), int64(ne.Uint64(m[40:])), true
+	}
+	pageSize, need, ok0 := meta(0)
+	if !ok0 {
+		// bbolt then takes the OS page size, and looks for the second meta
+		// page at that offset.
+		pageSize = int64(os.Getpagesize())
+	}
+	ps, hwm, ok1 := meta(pageSize)
+	ok1 = ok1 && ps == pageSize
+	if ok1 {
+		need = max(need, hwm)
+	}
+	// The size is taken after the meta pages were read: a live writer grows
+	// the file before it writes a meta page that needs the room.
+	n := size()
+	if !ok0 && !ok1 {
+		// Not bbolt at all. bbolt refuses a short one too, but only says
+		// "file size too small".
+		if n >= 0 && n < 2*pageSize {
+			return fmt.Errorf("spool %s is not a readable bbolt file (%d bytes, too short); it was left untouched for inspection: move it aside to start with an empty spool", path, n)
+		}
+		return nil // bolt.Open refuses it with ErrInvalid
+	}
+	if need < 2 {
+		need = 2
+	}
+	if n >= 0 && need*pageSize > n {
+		return fmt.Errorf("spool %s is truncated (%d bytes, its header needs %d); it was left untouched for inspection: restore it, or move it aside to start with an empty spool", path, n, need*pageSize)
+	}
+	return nil
 }
 
 // init checks the format of an existing file, or lays out a new one. It
