@@ -52,19 +52,27 @@ type IngestConfig struct {
 	MaxInFlight int   // default DefaultMaxInFlight
 	Now         func() time.Time
 	Logger      *slog.Logger
+	// OnSpooled, when set, is called after each successful commit (the
+	// drainer uses it to pick new records up at once).
+	OnSpooled func()
 }
 
 // Ingest serves POST /webhook: authenticate, bound, validate, map, spool,
 // and answer 2xx only after the spool's commit is on disk.
 type Ingest struct {
-	store    Store
-	auth     atomic.Pointer[Auth]
-	mapping  atomic.Pointer[Mapping]
-	maxBody  int64
-	inflight chan struct{}
-	now      func() time.Time
-	log      *slog.Logger
-	stopping atomic.Bool
+	store     Store
+	auth      atomic.Pointer[Auth]
+	mapping   atomic.Pointer[Mapping]
+	maxBody   int64
+	inflight  chan struct{}
+	now       func() time.Time
+	log       *slog.Logger
+	onSpooled func()
+	stopping  atomic.Bool
+	// storeFailing is set when the last Append failed for want of disk or a
+	// failed commit (not a refusal such as the quota), cleared by a success:
+	// /readyz then tells load balancers to send traffic elsewhere.
+	storeFailing atomic.Bool
 
 	typesMu   sync.Mutex
 	typesSeen map[string]bool
@@ -72,7 +80,7 @@ type Ingest struct {
 
 // NewIngest builds the handler.
 func NewIngest(cfg IngestConfig) *Ingest {
-	h := &Ingest{store: cfg.Store, maxBody: cfg.MaxBody, now: cfg.Now, log: cfg.Logger, typesSeen: map[string]bool{}}
+	h := &Ingest{store: cfg.Store, maxBody: cfg.MaxBody, now: cfg.Now, log: cfg.Logger, onSpooled: cfg.OnSpooled, typesSeen: map[string]bool{}}
 	if h.maxBody <= 0 {
 		h.maxBody = DefaultMaxBody
 	}
@@ -110,6 +118,10 @@ func (h *Ingest) SetMapping(m *Mapping) { h.mapping.Store(m) }
 // Stop makes every later request answer 503 with Retry-After; requests
 // already past the check finish normally.
 func (h *Ingest) Stop() { h.stopping.Store(true) }
+
+// StoreFailing reports whether the last commit failed (disk full, I/O
+// error) with no success since.
+func (h *Ingest) StoreFailing() bool { return h.storeFailing.Load() }
 
 // Stopping reports whether Stop was called.
 func (h *Ingest) Stopping() bool { return h.stopping.Load() }
@@ -175,6 +187,9 @@ func (h *Ingest) handle(w http.ResponseWriter, r *http.Request) (*ingestResponse
 		return nil, 0, errorf(http.StatusMethodNotAllowed, "method %s not allowed: POST a JSON event or array of events", r.Method)
 	}
 	if h.stopping.Load() {
+		// Ask the client to drop this keep-alive connection: the listener is
+		// about to close and the next request should go elsewhere.
+		w.Header().Set("Connection", "close")
 		return nil, 0, unavailable(5, "gwenrelay is shutting down; retry shortly")
 	}
 	auth := h.auth.Load()
@@ -219,7 +234,14 @@ func (h *Ingest) handle(w http.ResponseWriter, r *http.Request) (*ingestResponse
 	}
 	res, err := h.store.Append(entries)
 	if err != nil {
+		if !errors.Is(err, spool.ErrOverQuota) && !errors.Is(err, spool.ErrClosed) {
+			h.storeFailing.Store(true)
+		}
 		return nil, 0, storeError(err)
+	}
+	h.storeFailing.Store(false)
+	if h.onSpooled != nil {
+		h.onSpooled()
 	}
 	out := &ingestResponse{Accepted: len(entries) - res.Duplicates, Duplicates: res.Duplicates, IDs: res.IDs}
 	if res.Duplicates == len(entries) {

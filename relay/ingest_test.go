@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -987,4 +988,42 @@ func FuzzIngestParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// flakyIngestStore is the real spool whose Append fails while failing is set.
+type flakyIngestStore struct {
+	*spool.Spool
+	failing atomic.Bool
+}
+
+func (f *flakyIngestStore) Append(e []spool.Entry) (spool.AppendResult, error) {
+	if f.failing.Load() {
+		return spool.AppendResult{}, fmt.Errorf("commit spool /x: %w", syscall.ENOSPC)
+	}
+	return f.Spool.Append(e)
+}
+
+func TestIngest_ReadyzFollowsCommitFailures(t *testing.T) {
+	var store *flakyIngestStore
+	e := newIngestEnv(t, ingestEnvConfig{store: func(sp *spool.Spool) Store {
+		store = &flakyIngestStore{Spool: sp}
+		return store
+	}})
+	ready := func() int {
+		t.Helper()
+		return e.do(t, http.MethodGet, "/readyz", nil, nil).status
+	}
+	if got := ready(); got != http.StatusOK {
+		t.Fatalf("readyz before any failure: %d, want 200", got)
+	}
+	store.failing.Store(true)
+	wantError(t, e.post(t, ingestEvent(1), nil), http.StatusServiceUnavailable, "spool disk is full; nothing was stored, retry later")
+	if got := ready(); got != http.StatusServiceUnavailable {
+		t.Errorf("readyz while commits fail: %d, want 503", got)
+	}
+	store.failing.Store(false)
+	wantAccepted(t, e.post(t, ingestEvent(2), nil), http.StatusAccepted, 1, 0)
+	if got := ready(); got != http.StatusOK {
+		t.Errorf("readyz after a commit succeeded again: %d, want 200", got)
+	}
 }

@@ -60,11 +60,23 @@ func (s *Server) Serve(l net.Listener) error {
 	return err
 }
 
-// Shutdown stops accepting connections, answers 503 to any request that
-// still arrives, and waits (up to ctx) for requests in progress, including
-// their spool commits, to finish.
+// LameDuck is how long a stopping server keeps its listener open answering
+// 503 (with Connection: close) before it closes: a client that sends on a
+// keep-alive connection at that moment hears "shutting down, retry" rather
+// than a reset connection, and load balancers see /readyz fail.
+const LameDuck = 500 * time.Millisecond
+
+// Shutdown answers 503 to every new request for LameDuck (less if ctx ends
+// first), then stops accepting connections and waits (up to ctx) for
+// requests in progress, including their spool commits, to finish.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.Ingest.Stop()
+	t := time.NewTimer(LameDuck)
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+		t.Stop()
+	}
 	return s.http.Shutdown(ctx)
 }
 
@@ -80,6 +92,8 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "stopping"})
 	case s.Ingest.store.OverQuota():
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "spool over quota"})
+	case s.Ingest.StoreFailing():
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "spool cannot commit (disk full?)"})
 	default:
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 	}
