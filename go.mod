@@ -19,4 +19,5 @@ require (
 	github.com/segmentio/backo-go v1.0.0 // indirect
 	github.com/xrash/smetrics v0.0.0-20240521201337-686a1a2994c1 // indirect
 	golang.org/x/sys v0.29.0 // indirect
+	golang.org/x/time v0.16.0 // indirect
 )
