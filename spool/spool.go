@@ -305,7 +305,23 @@ func (s *Spool) Close() error {
 	if s.loopDone != nil {
 		<-s.loopDone
 	}
+	if !s.opt.ReadOnly {
+		s.persistFreelist()
+	}
 	return s.db.Close()
+}
+
+// persistFreelist writes bbolt's freelist in one last commit. The spool runs
+// with NoFreelistSync, so bbolt rebuilds the freelist at open by walking
+// every page: on a large spool that is not in the page cache (after a
+// reboot) that reads the whole file, tens of seconds for gigabytes. With the
+// freelist on disk the next open reads it instead; its first commit drops it
+// again. After a crash there is no such commit and the walk is the fallback.
+// A failure (a full disk) only costs the next open that walk.
+func (s *Spool) persistFreelist() {
+	s.db.NoFreelistSync = false
+	_ = s.db.Update(func(*bolt.Tx) error { return nil })
+	s.db.NoFreelistSync = true
 }
 
 // Check runs bbolt's consistency check over the whole file.
