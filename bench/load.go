@@ -1,0 +1,439 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// tailBuffer keeps the last max bytes written to it (a child's stderr).
+type tailBuffer struct {
+	mu  sync.Mutex
+	buf []byte
+	max int
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, p...)
+	if len(t.buf) > t.max {
+		t.buf = append([]byte(nil), t.buf[len(t.buf)-t.max:]...)
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return strings.TrimSpace(string(t.buf))
+}
+
+// child is a re-executed bench subcommand.
+type child struct {
+	name   string
+	cmd    *exec.Cmd
+	lines  chan string // stdout, line by line; closed at EOF
+	stderr *tailBuffer
+	waited chan struct{}
+	err    error // from Wait, valid once waited is closed
+}
+
+// startChild runs this binary with args (a hidden subcommand).
+func startChild(exe, name string, args ...string) (*child, error) {
+	c := &child{name: name, cmd: exec.Command(exe, args...), lines: make(chan string, 64), stderr: &tailBuffer{max: 16 << 10}, waited: make(chan struct{})}
+	c.cmd.Stderr = c.stderr
+	out, err := c.cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := c.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s child: %w", name, err)
+	}
+	current.Store(c)
+	go func() {
+		sc := bufio.NewScanner(out)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			c.lines <- sc.Text()
+		}
+		close(c.lines)
+		c.err = c.cmd.Wait()
+		current.CompareAndSwap(c, nil)
+		close(c.waited)
+	}()
+	return c, nil
+}
+
+// current is the running child, if any, so an interrupt can end it.
+var current atomic.Pointer[child]
+
+// onInterrupt ends the running child and calls cleanup when the bench is
+// interrupted (Ctrl-C or SIGTERM), then exits.
+func onInterrupt(cleanup func()) {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		s := <-sig
+		if c := current.Load(); c != nil {
+			_ = c.cmd.Process.Kill()
+			<-c.waited
+		}
+		cleanup()
+		fmt.Fprintf(os.Stderr, "bench: interrupted (%v)\n", s)
+		os.Exit(130)
+	}()
+}
+
+// expect waits up to timeout for a stdout line starting with prefix and
+// returns the rest of it.
+func (c *child) expect(prefix string, timeout time.Duration) (string, error) {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		select {
+		case line, ok := <-c.lines:
+			if !ok {
+				<-c.waited
+				return "", fmt.Errorf("%s child exited (%v) before printing %q; its stderr: %s", c.name, c.err, prefix, c.describeStderr())
+			}
+			if rest, found := strings.CutPrefix(line, prefix+" "); found {
+				return rest, nil
+			}
+		case <-deadline.C:
+			return "", fmt.Errorf("%s child printed no %q line within %v; its stderr: %s", c.name, prefix, timeout, c.describeStderr())
+		}
+	}
+}
+
+func (c *child) describeStderr() string {
+	if s := c.stderr.String(); s != "" {
+		return s
+	}
+	return "(empty)"
+}
+
+// stop sends SIGTERM and waits up to timeout for the child to exit; past
+// that it kills it. It returns the child's resource usage.
+func (c *child) stop(timeout time.Duration) (*syscall.Rusage, error) {
+	if err := c.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return nil, fmt.Errorf("signal %s child: %w", c.name, err)
+	}
+	return c.wait(timeout)
+}
+
+// wait waits up to timeout for the child to exit, killing it past that.
+func (c *child) wait(timeout time.Duration) (*syscall.Rusage, error) {
+	select {
+	case <-c.waited:
+	case <-time.After(timeout):
+		_ = c.cmd.Process.Kill()
+		<-c.waited
+		return nil, fmt.Errorf("%s child did not exit within %v of being asked to; killed it. Its stderr: %s", c.name, timeout, c.describeStderr())
+	}
+	ru, _ := c.cmd.ProcessState.SysUsage().(*syscall.Rusage)
+	if c.err != nil {
+		return ru, fmt.Errorf("%s child failed (%v); its stderr: %s", c.name, c.err, c.describeStderr())
+	}
+	return ru, nil
+}
+
+// kill ends the child at once (on an error path).
+func (c *child) kill() {
+	_ = c.cmd.Process.Kill()
+	<-c.waited
+}
+
+// runSpec is one load run against one server child.
+type runSpec struct {
+	Label    string // durable, ceiling, empty or backlog
+	Mode     string // server --mode
+	Spool    string // spool file (durable)
+	Clients  int
+	Warmup   time.Duration
+	Duration time.Duration
+	Profile  string // CPU profile file for the server, or ""
+	Run      int    // 1-based run number
+	Nonce    uint32 // makes this run's userIds unique
+	Dedup    time.Duration
+}
+
+// runResult is what one run measured. Rates and latencies cover the window
+// after the warm-up only.
+type runResult struct {
+	Spec        runSpec
+	Requests    int // completed with 202 inside the window
+	EvPerSec    float64
+	P50, P99    time.Duration
+	Acked       int64 // 202s over the whole run, warm-up included
+	Dials       int64
+	ServerCPU   time.Duration // in the window
+	ClientCPU   time.Duration // this process, in the window
+	StartupWait time.Duration // exec to LISTEN (the spool open, for a backlog)
+	Server      serverStats
+	MaxRSSKiB   int64 // server, from rusage at exit
+	PeakAnonKiB int64 // server, sampled from /proc
+	PeakFileKiB int64
+	OthersCPU   time.Duration // CPU used by every other process in the window
+	Steal       time.Duration // CPU time the hypervisor took in the window
+	ProbeP50    time.Duration // fsync probe just before the run
+	ProbeMax    time.Duration
+	Attempt     int  // 1 unless the run was repeated because of noise
+	Noisy       bool // still over --max-others after the last repeat
+}
+
+// othersCores is the average number of cores other processes kept busy
+// during the window.
+func (r runResult) othersCores() float64 {
+	return r.OthersCPU.Seconds() / r.Spec.Duration.Seconds()
+}
+
+// serverCPUPer1k is the server's CPU-seconds per 1,000 events.
+func (r runResult) serverCPUPer1k() float64 {
+	if r.Requests == 0 {
+		return 0
+	}
+	return r.ServerCPU.Seconds() * 1000 / float64(r.Requests)
+}
+
+func (r runResult) clientCPUPer1k() float64 {
+	if r.Requests == 0 {
+		return 0
+	}
+	return r.ClientCPU.Seconds() * 1000 / float64(r.Requests)
+}
+
+// worker's tally.
+type workerStats struct {
+	lat    []time.Duration
+	acked  int64
+	errs   int64
+	errMsg string
+}
+
+// maxErrorsPerWorker stops a worker that only gets failures (a dead server)
+// from spinning.
+const maxErrorsPerWorker = 100
+
+// runOnce starts a server child for spec, drives it with spec.Clients
+// keep-alive clients for the warm-up plus the window, and stops it.
+func runOnce(exe string, spec runSpec, body eventBody, probeDir string) (runResult, error) {
+	res := runResult{Spec: spec}
+	var err error
+	if res.ProbeP50, res.ProbeMax, err = fsyncProbe(probeDir, 50); err != nil {
+		return res, fmt.Errorf("fsync probe in %s: %w", probeDir, err)
+	}
+	args := []string{"server", "--mode", spec.Mode}
+	if spec.Spool != "" {
+		args = append(args, "--spool", spec.Spool)
+	}
+	if spec.Profile != "" {
+		args = append(args, "--cpuprofile", spec.Profile)
+	}
+	args = append(args, "--dedup-window", spec.Dedup.String())
+	started := time.Now()
+	srv, err := startChild(exe, "server ("+spec.Label+")", args...)
+	if err != nil {
+		return res, err
+	}
+	addr, err := srv.expect("LISTEN", 10*time.Minute)
+	if err != nil {
+		srv.kill()
+		return res, err
+	}
+	res.StartupWait = time.Since(started)
+	pid := srv.cmd.Process.Pid
+
+	var dials atomic.Int64
+	dialer := &net.Dialer{Timeout: 5 * time.Second}
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, network, a string) (net.Conn, error) {
+			dials.Add(1)
+			return dialer.DialContext(ctx, network, a)
+		},
+		MaxIdleConns:        spec.Clients,
+		MaxIdleConnsPerHost: spec.Clients,
+		MaxConnsPerHost:     spec.Clients,
+		IdleConnTimeout:     time.Minute,
+		DisableCompression:  true,
+	}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 60 * time.Second}
+	url := "http://" + addr + "/webhook"
+
+	start := time.Now()
+	t0 := start.Add(spec.Warmup)
+	t1 := t0.Add(spec.Duration)
+
+	// Mark the window in the server (commit stats, CPU profile) and take CPU
+	// readings at its edges; sample memory throughout.
+	var cpu0, cpu1, self0, self1, all0, all1, steal0, steal1 time.Duration
+	var cpuErr error
+	marks := make(chan struct{})
+	go func() {
+		defer close(marks)
+		time.Sleep(time.Until(t0))
+		_ = srv.cmd.Process.Signal(syscall.SIGUSR1)
+		var e0, e1, e2, e3 error
+		cpu0, e0 = procCPU(pid)
+		self0 = selfCPU()
+		all0, steal0, e2 = machineCPU()
+		time.Sleep(time.Until(t1))
+		cpu1, e1 = procCPU(pid)
+		self1 = selfCPU()
+		all1, steal1, e3 = machineCPU()
+		_ = srv.cmd.Process.Signal(syscall.SIGUSR1)
+		cpuErr = errors.Join(e0, e1, e2, e3)
+	}()
+	memDone := make(chan struct{})
+	memStopped := make(chan struct{})
+	go func() {
+		defer close(memStopped)
+		tick := time.NewTicker(250 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			if m, err := readProcMem(pid); err == nil {
+				res.PeakAnonKiB = max(res.PeakAnonKiB, m.Anon)
+				res.PeakFileKiB = max(res.PeakFileKiB, m.File)
+			}
+			select {
+			case <-memDone:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+
+	stats := make([]workerStats, spec.Clients)
+	var wg sync.WaitGroup
+	for w := 0; w < spec.Clients; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ws := &stats[w]
+			ws.lat = make([]time.Duration, 0, 1<<14)
+			for seq := uint64(0); ; seq++ {
+				begin := time.Now()
+				if !begin.Before(t1) {
+					return
+				}
+				err := post(client, url, body.build(spec.Nonce, uint16(w), seq))
+				end := time.Now()
+				if err != nil {
+					ws.errs++
+					if ws.errMsg == "" {
+						ws.errMsg = err.Error()
+					}
+					if ws.errs >= maxErrorsPerWorker {
+						return
+					}
+					continue
+				}
+				ws.acked++
+				if !end.Before(t0) && end.Before(t1) {
+					ws.lat = append(ws.lat, end.Sub(begin))
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	<-marks
+	close(memDone)
+	<-memStopped
+	if m, err := readProcMem(pid); err == nil {
+		res.PeakAnonKiB = max(res.PeakAnonKiB, m.Anon)
+		res.PeakFileKiB = max(res.PeakFileKiB, m.File)
+	}
+	tr.CloseIdleConnections()
+
+	ru, stopErr := srv.stop(2 * time.Minute)
+	if ru != nil {
+		res.MaxRSSKiB = ru.Maxrss
+	}
+	var statsLine string
+	for line := range srv.lines {
+		if rest, ok := strings.CutPrefix(line, "STATS "); ok {
+			statsLine = rest
+		}
+	}
+	if statsLine != "" {
+		if err := json.Unmarshal([]byte(statsLine), &res.Server); err != nil {
+			return res, fmt.Errorf("server (%s) printed unreadable stats %q: %v", spec.Label, statsLine, err)
+		}
+	}
+	if stopErr != nil {
+		return res, stopErr
+	}
+	if statsLine == "" {
+		return res, fmt.Errorf("server (%s) exited without printing its stats; its stderr: %s", spec.Label, srv.describeStderr())
+	}
+
+	var errs int64
+	var errMsg string
+	var all []time.Duration
+	for i := range stats {
+		all = append(all, stats[i].lat...)
+		res.Acked += stats[i].acked
+		errs += stats[i].errs
+		if errMsg == "" {
+			errMsg = stats[i].errMsg
+		}
+	}
+	if errs > 0 {
+		return res, fmt.Errorf("%d of %d requests to the %s server failed; the first: %s (server stderr: %s)", errs, errs+res.Acked, spec.Label, errMsg, srv.describeStderr())
+	}
+	if cpuErr != nil {
+		return res, fmt.Errorf("reading the server's CPU time: %w", cpuErr)
+	}
+	res.Requests = len(all)
+	res.EvPerSec = float64(len(all)) / spec.Duration.Seconds()
+	ps := percentiles(all, 50, 99)
+	res.P50, res.P99 = ps[0], ps[1]
+	res.Dials = dials.Load()
+	res.ServerCPU = cpu1 - cpu0
+	res.ClientCPU = self1 - self0
+	res.OthersCPU = max(0, (all1-all0)-res.ServerCPU-res.ClientCPU)
+	res.Steal = steal1 - steal0
+	if spec.Mode == "durable" {
+		if got := res.Server.PendingAtEnd - res.Server.PendingAtStart; got != res.Acked {
+			return res, fmt.Errorf("durability check failed: the server answered 202 to %d events but its spool gained %d pending records", res.Acked, got)
+		}
+	}
+	return res, nil
+}
+
+// post sends one event and wants 202 Accepted.
+func post(client *http.Client, url string, body []byte) error {
+	req, err := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+	if err != nil {
+		return fmt.Errorf("reading the answer: %w", err)
+	}
+	if resp.StatusCode != http.StatusAccepted {
+		return fmt.Errorf("status %d: %s", resp.StatusCode, strings.TrimSpace(string(b)))
+	}
+	return nil
+}

@@ -1,0 +1,522 @@
+// Command bench measures gwenrelay's ingest: POST /webhook with 1 KiB GWEN
+// events against the durable relay (bbolt spool, fsync before 202) and, in
+// the same run, against the in-memory ceiling (the same handler with a store
+// that keeps nothing); then the same durable load with a large backlog
+// already pending, and the time to open that backlog's spool.
+//
+//	go run ./bench                 # full run, 10-20 minutes
+//	go run ./bench --quick         # about a minute
+//	go run ./bench --out bench-results/ingest.md
+//
+// The relay runs in a child process (this binary re-executed with a hidden
+// subcommand) so that the load generator's memory and GC stay out of it; both
+// share the machine's cores, as a relay and its neighbours would.
+package main
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gwenrelay/gwenrelay/spool"
+)
+
+func main() {
+	if handled, code := childMain(os.Args[1:], os.Stderr); handled {
+		os.Exit(code)
+	}
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// config is the command line.
+type config struct {
+	Args       []string
+	Quick      bool
+	Runs       int
+	Duration   time.Duration
+	Warmup     time.Duration
+	Clients    []int
+	Backlog    int
+	Opens      int
+	MaxOthers  float64
+	Retries    int
+	Out        string
+	Keep       bool
+	Dir        string
+	CPUProfile string
+	Dedup      time.Duration
+}
+
+func parseFlags(args []string) (config, error) {
+	c := config{Args: args}
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.BoolVar(&c.Quick, "quick", false, "a ~1-minute version: 1 run of 3s per point, 0.5s warm-up, a 200,000-event backlog, 2 opens (explicit flags still win)")
+	fs.IntVar(&c.Runs, "runs", 3, "runs per point; medians are reported")
+	fs.DurationVar(&c.Duration, "duration", 10*time.Second, "measured length of each run")
+	fs.DurationVar(&c.Warmup, "warmup", time.Second, "warm-up before each run's window, excluded")
+	clients := fs.String("clients", "1,16,64", "comma-separated concurrent keep-alive client counts")
+	fs.IntVar(&c.Backlog, "backlog", 1_000_000, "events pending in the spool for the backlog comparison and the open time (0 skips both)")
+	fs.IntVar(&c.Opens, "opens", 3, "open-time measurements, each cold and warm")
+	fs.Float64Var(&c.MaxOthers, "max-others", 0.5, "repeat a run during which other processes kept more than this many cores busy (0: never); if all attempts are over it, the quietest is kept")
+	fs.IntVar(&c.Retries, "retries", 2, "at most this many repeats of a noisy run; the last attempt is kept and flagged")
+	fs.StringVar(&c.Out, "out", "", "also write the report (markdown) to this file")
+	fs.BoolVar(&c.Keep, "keep", false, "keep the run directory with every spool file")
+	fs.StringVar(&c.Dir, "dir", "bench-results", "directory for spool files and the cached backlog; must be on a real disk, not tmpfs")
+	fs.DurationVar(&c.Dedup, "dedup-window", serveDedupWindow, "the servers' spool dedup window, as serve's --dedup-window (0 disables dedup: an experiment, not the shipped default; the backlog is always prefilled with dedup keys)")
+	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of each server's measurement window to FILE-<label>-<clients>c-r<run>.prof")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments %q (all options are flags; see -h)", fs.Args())
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if c.Quick {
+		if !set["runs"] {
+			c.Runs = 1
+		}
+		if !set["duration"] {
+			c.Duration = 3 * time.Second
+		}
+		if !set["warmup"] {
+			c.Warmup = 500 * time.Millisecond
+		}
+		if !set["backlog"] {
+			c.Backlog = 200_000
+		}
+		if !set["opens"] {
+			c.Opens = 2
+		}
+	}
+	for _, s := range strings.Split(*clients, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 || n > 4096 {
+			return c, fmt.Errorf("--clients %q: want comma-separated counts between 1 and 4096", *clients)
+		}
+		c.Clients = append(c.Clients, n)
+	}
+	switch {
+	case c.Runs < 1:
+		return c, fmt.Errorf("--runs %d: want at least 1", c.Runs)
+	case c.Duration < 100*time.Millisecond:
+		return c, fmt.Errorf("--duration %v: want at least 100ms", c.Duration)
+	case c.Warmup < 0:
+		return c, fmt.Errorf("--warmup %v: want 0 or more", c.Warmup)
+	case c.Backlog < 0:
+		return c, fmt.Errorf("--backlog %d: want 0 (skip) or more", c.Backlog)
+	case c.Retries < 0:
+		return c, fmt.Errorf("--retries %d: want 0 or more", c.Retries)
+	case c.MaxOthers < 0:
+		return c, fmt.Errorf("--max-others %v: want 0 (off) or more", c.MaxOthers)
+	case c.Opens < 1:
+		return c, fmt.Errorf("--opens %d: want at least 1", c.Opens)
+	}
+	return c, nil
+}
+
+// Targets.
+const (
+	targetRatio64      = 0.60
+	targetP50One       = time.Millisecond
+	targetBacklogRatio = 0.80
+	targetOpen         = 2 * time.Second
+)
+
+// bench holds a run's state.
+type bench struct {
+	cfg    config
+	exe    string
+	runDir string
+	body   eventBody
+	fs     string
+	mach   machine
+	began  time.Time
+
+	main    map[string][]runResult // "durable/64", "ceiling/64" -> runs
+	backlog map[string][]runResult // "empty", "backlog" -> runs
+	prefill prefillInfo
+	opens   []openSample
+	openErr string
+	notes   []string
+
+	repeats   int // runs repeated because of noise
+	noisyKept int // runs still noisy after the last repeat
+}
+
+func key(label string, clients int) string { return fmt.Sprintf("%s/%d", label, clients) }
+
+func progress(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "[%s] %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+}
+
+func run(args []string) error {
+	cfg, err := parseFlags(args)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	b := &bench{cfg: cfg, main: map[string][]runResult{}, backlog: map[string][]runResult{}, began: time.Now()}
+	if b.exe, err = os.Executable(); err != nil {
+		return fmt.Errorf("cannot find this binary to re-execute it as the server: %w", err)
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return fmt.Errorf("create --dir %s: %w", cfg.Dir, err)
+	}
+	fsName, real := fsType(cfg.Dir)
+	if !real {
+		return fmt.Errorf("--dir %s is on %s: fsync would not reach a disk; point --dir at a real disk (e.g. /var/tmp/gwenrelay-bench)", cfg.Dir, fsName)
+	}
+	b.fs = fsName
+	if b.runDir, err = os.MkdirTemp(cfg.Dir, "run-*"); err != nil {
+		return fmt.Errorf("create a run directory under %s: %w", cfg.Dir, err)
+	}
+	cleanup := func() {
+		if !cfg.Keep {
+			os.RemoveAll(b.runDir)
+		}
+	}
+	defer cleanup()
+	onInterrupt(cleanup)
+	if b.body, err = newEventBody(eventSize, time.Now()); err != nil {
+		return err
+	}
+	b.mach = describeMachine()
+	progress("gwenrelay ingest bench: %d run(s) of %v (+%v warm-up) per point, clients %v, backlog %d; spool files in %s (%s)",
+		cfg.Runs, cfg.Duration, cfg.Warmup, cfg.Clients, cfg.Backlog, b.runDir, fsName)
+
+	if err := b.runMain(); err != nil {
+		return err
+	}
+	if cfg.Backlog > 0 {
+		if err := b.runBacklog(); err != nil {
+			return err
+		}
+		b.runOpens()
+	}
+	report := b.report()
+	fmt.Print(report)
+	if cfg.Out != "" {
+		if dir := filepath.Dir(cfg.Out); dir != "" {
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				return fmt.Errorf("create the directory of --out %s: %w", cfg.Out, err)
+			}
+		}
+		if err := os.WriteFile(cfg.Out, []byte(report), 0o644); err != nil {
+			return fmt.Errorf("write --out %s: %w", cfg.Out, err)
+		}
+		progress("report written to %s", cfg.Out)
+	}
+	if cfg.Keep {
+		progress("kept the run directory %s", b.runDir)
+	}
+	return nil
+}
+
+func (b *bench) spec(label, mode string, clients, r int) runSpec {
+	s := runSpec{Label: label, Mode: mode, Clients: clients, Warmup: b.cfg.Warmup, Duration: b.cfg.Duration, Run: r, Nonce: rand.Uint32(), Dedup: b.cfg.Dedup}
+	if mode == "durable" {
+		s.Spool = filepath.Join(b.runDir, fmt.Sprintf("%s-%dc-r%d.db", label, clients, r))
+	}
+	if b.cfg.CPUProfile != "" {
+		s.Profile = fmt.Sprintf("%s-%s-%dc-r%d.prof", b.cfg.CPUProfile, label, clients, r)
+	}
+	return s
+}
+
+// do runs one spec, repeating it while other processes took more than
+// --max-others cores during its window (at most --retries times); if every
+// attempt was noisy, the quietest is kept and flagged. prepare, if not nil,
+// makes the spool file before each attempt.
+func (b *bench) do(spec runSpec, prepare func(runSpec) error) (runResult, error) {
+	var quietest runResult
+	for attempt := 0; ; attempt++ {
+		if prepare != nil {
+			if err := prepare(spec); err != nil {
+				return runResult{}, err
+			}
+		}
+		res, err := b.doOnce(spec)
+		if err != nil {
+			return res, err
+		}
+		res.Attempt = attempt + 1
+		noisy := b.cfg.MaxOthers > 0 && res.othersCores() > b.cfg.MaxOthers
+		if !noisy {
+			return res, nil
+		}
+		if attempt == 0 || res.othersCores() < quietest.othersCores() {
+			quietest = res
+		}
+		if attempt >= b.cfg.Retries {
+			quietest.Noisy = true
+			b.noisyKept++
+			return quietest, nil
+		}
+		b.repeats++
+		progress("  other processes kept %.2f cores busy (over --max-others %.2f): repeating this run", res.othersCores(), b.cfg.MaxOthers)
+		spec.Nonce = rand.Uint32()
+		// A fresh file for the next attempt (the last one may be kept).
+		suffix := fmt.Sprintf("-a%d", attempt+2)
+		if spec.Spool != "" {
+			spec.Spool = strings.TrimSuffix(strings.TrimSuffix(spec.Spool, ".db"), fmt.Sprintf("-a%d", attempt+1)) + suffix + ".db"
+		}
+		if spec.Profile != "" {
+			spec.Profile = strings.TrimSuffix(strings.TrimSuffix(spec.Profile, ".prof"), fmt.Sprintf("-a%d", attempt+1)) + suffix + ".prof"
+		}
+	}
+}
+
+// doOnce runs one spec, logs it and removes its spool unless --keep.
+func (b *bench) doOnce(spec runSpec) (runResult, error) {
+	res, err := runOnce(b.exe, spec, b.body, b.runDir)
+	if spec.Spool != "" && !b.cfg.Keep {
+		os.Remove(spec.Spool)
+	}
+	if err != nil {
+		return res, fmt.Errorf("run %d, %s, %d clients: %w", spec.Run, spec.Label, spec.Clients, err)
+	}
+	extra := ""
+	if spec.Mode == "durable" {
+		extra = fmt.Sprintf("; server %.3f CPU-s/1k ev; %d commits, %.1f ev/commit, commit p50 %.2f ms",
+			res.serverCPUPer1k(), res.Server.Commits, perCommit(res.Server), res.Server.CommitP50Ms)
+	}
+	if res.Dials > int64(spec.Clients) {
+		extra += fmt.Sprintf("; NOTE %d connections dialled for %d clients", res.Dials, spec.Clients)
+	}
+	progress("run %d/%d %-8s %3d clients: %8.0f ev/s  p50 %s  p99 %s%s; others' CPU %.2f cores, fsync probe p50 %s",
+		spec.Run, b.cfg.Runs, spec.Label, spec.Clients, res.EvPerSec, fmtDur(res.P50), fmtDur(res.P99), extra, res.othersCores(), fmtDur(res.ProbeP50))
+	return res, nil
+}
+
+func perCommit(s serverStats) float64 {
+	if s.Commits == 0 {
+		return 0
+	}
+	return float64(s.CommitEntries) / float64(s.Commits)
+}
+
+// runMain alternates durable and ceiling runs (D C D C …), every client count
+// in each round, so slow drift in the machine's load hits both alike.
+func (b *bench) runMain() error {
+	for r := 1; r <= b.cfg.Runs; r++ {
+		for _, c := range b.cfg.Clients {
+			for _, m := range []string{"durable", "ceiling"} {
+				res, err := b.do(b.spec(m, m, c, r), nil)
+				if err != nil {
+					return err
+				}
+				b.main[key(m, c)] = append(b.main[key(m, c)], res)
+			}
+		}
+	}
+	return nil
+}
+
+// backlogClients is the client count of the backlog comparison: the largest
+// asked for (64 by default).
+func (b *bench) backlogClients() int { return slices.Max(b.cfg.Clients) }
+
+// prefillInfo describes the cached backlog file.
+type prefillInfo struct {
+	Path     string        `json:"-"`
+	Count    int           `json:"count"`
+	Size     int           `json:"event_size"`
+	Result   prefillResult `json:"result"`
+	Created  time.Time     `json:"created"`
+	Reused   bool          `json:"-"`
+	CopySecs []float64     `json:"-"`
+}
+
+// prefillVersion changes whenever the prefill's record shape changes, so an
+// old cached file is not reused.
+const prefillVersion = "1"
+
+func (b *bench) backlogPath() string {
+	h := sha256.Sum256([]byte(eventTemplate + "|" + prefillVersion + "|" + strconv.Itoa(spool.FormatVersion)))
+	return filepath.Join(b.cfg.Dir, fmt.Sprintf("backlog-%d-%dB-%s.db", b.cfg.Backlog, eventSize, hex.EncodeToString(h[:4])))
+}
+
+// ensureBacklog prefills the cached backlog file unless a complete one is
+// already there.
+func (b *bench) ensureBacklog() error {
+	path := b.backlogPath()
+	b.prefill = prefillInfo{Path: path, Count: b.cfg.Backlog, Size: eventSize}
+	if meta, err := os.ReadFile(path + ".json"); err == nil {
+		var p prefillInfo
+		if json.Unmarshal(meta, &p) == nil && p.Count == b.cfg.Backlog && p.Result.Pending == int64(b.cfg.Backlog) {
+			if fi, err := os.Stat(path); err == nil && fi.Size() == p.Result.FileSize {
+				p.Path, p.Reused = path, true
+				b.prefill = p
+				progress("reusing the cached backlog %s (%d events, %s, prefilled %s)", path, p.Count, fmtBytes(fi.Size()), p.Created.Format(time.RFC3339))
+				return nil
+			}
+		}
+	}
+	partial := path + ".partial"
+	os.Remove(partial)
+	os.Remove(path + ".json")
+	progress("prefilling %d events of %d bytes into %s (cached for later runs) …", b.cfg.Backlog, eventSize, path)
+	c, err := startChild(b.exe, "prefill", "prefill", "--spool", partial, "--count", strconv.Itoa(b.cfg.Backlog), "--size", strconv.Itoa(eventSize))
+	if err != nil {
+		return err
+	}
+	line, err := c.expect("RESULT", 2*time.Hour)
+	if err != nil {
+		c.kill()
+		os.Remove(partial)
+		return fmt.Errorf("prefill: %w", err)
+	}
+	if _, err := c.wait(time.Minute); err != nil {
+		os.Remove(partial)
+		return fmt.Errorf("prefill: %w", err)
+	}
+	var res prefillResult
+	if err := json.Unmarshal([]byte(line), &res); err != nil {
+		return fmt.Errorf("prefill printed an unreadable result %q: %v", line, err)
+	}
+	if res.Pending != int64(b.cfg.Backlog) {
+		return fmt.Errorf("prefill left %d pending events, want %d", res.Pending, b.cfg.Backlog)
+	}
+	if err := os.Rename(partial, path); err != nil {
+		return fmt.Errorf("prefill: %w", err)
+	}
+	b.prefill.Result, b.prefill.Created = res, time.Now()
+	meta, _ := json.MarshalIndent(b.prefill, "", "  ")
+	if err := os.WriteFile(path+".json", meta, 0o644); err != nil {
+		return fmt.Errorf("prefill: write %s.json: %w", path, err)
+	}
+	progress("prefill done in %.1f s (%.0f ev/s); file %s", res.Seconds, float64(res.Pending)/res.Seconds, fmtBytes(res.FileSize))
+	return nil
+}
+
+// runBacklog alternates the durable server on an empty spool and on a fresh
+// copy of the backlog (E B E B …), at the largest client count.
+func (b *bench) runBacklog() error {
+	if err := b.ensureBacklog(); err != nil {
+		return err
+	}
+	c := b.backlogClients()
+	for r := 1; r <= b.cfg.Runs; r++ {
+		res, err := b.do(b.spec("empty", "durable", c, r), nil)
+		if err != nil {
+			return err
+		}
+		b.backlog["empty"] = append(b.backlog["empty"], res)
+
+		copyBacklog := func(spec runSpec) error {
+			t := time.Now()
+			os.Remove(spec.Spool)
+			if err := copyFile(spec.Spool, b.prefill.Path); err != nil {
+				return fmt.Errorf("copy the backlog for run %d: %w", r, err)
+			}
+			b.prefill.CopySecs = append(b.prefill.CopySecs, time.Since(t).Seconds())
+			return nil
+		}
+		res, err = b.do(b.spec("backlog", "durable", c, r), copyBacklog)
+		if err != nil {
+			return err
+		}
+		if res.Server.PendingAtStart != int64(b.cfg.Backlog) {
+			return fmt.Errorf("run %d: the backlog copy held %d pending events, want %d", r, res.Server.PendingAtStart, b.cfg.Backlog)
+		}
+		b.backlog["backlog"] = append(b.backlog["backlog"], res)
+	}
+	return nil
+}
+
+// openSample is one timed open of the backlog file.
+type openSample struct {
+	Cold      bool
+	Crashed   bool    // the file was left as a killed relay leaves it
+	Resident  float64 // fraction of the file in the page cache just before
+	Result    openResult
+	Wall      time.Duration // exec to exit of the child
+	EvictNote string
+}
+
+// runOpens times spool.Open + the first Stats of the cached backlog file, in
+// a fresh child each time, alternating cold (the file evicted from the page
+// cache first) and warm (right after a cold open read it all).
+func (b *bench) runOpens() {
+	path := b.prefill.Path
+	before, _ := os.Stat(path)
+	type kind struct{ cold, crashed bool }
+	for i := 1; i <= b.cfg.Opens; i++ {
+		for _, k := range []kind{{true, false}, {false, false}, {true, true}} {
+			cold := k.cold
+			s := openSample{Cold: cold, Crashed: k.crashed}
+			if k.crashed {
+				c, err := startChild(b.exe, "open", "open", "--crash", "--spool", path)
+				if err == nil {
+					_, err = c.wait(10 * time.Minute)
+				}
+				if err != nil {
+					b.openErr = fmt.Sprintf("leave the file as after a crash: %v", err)
+					return
+				}
+			}
+			if cold {
+				if err := evict(path); err != nil {
+					s.EvictNote = err.Error()
+				}
+			}
+			var err error
+			if s.Resident, err = residency(path); err != nil {
+				s.Resident = -1
+			}
+			t := time.Now()
+			c, err := startChild(b.exe, "open", "open", "--spool", path)
+			if err != nil {
+				b.openErr = err.Error()
+				return
+			}
+			line, err := c.expect("RESULT", 10*time.Minute)
+			if err == nil {
+				_, err = c.wait(time.Minute)
+			} else {
+				c.kill()
+			}
+			s.Wall = time.Since(t)
+			if err == nil {
+				err = json.Unmarshal([]byte(line), &s.Result)
+			}
+			if err != nil {
+				b.openErr = fmt.Sprintf("open %d: %v", i, err)
+				return
+			}
+			if s.Result.Pending != int64(b.cfg.Backlog) {
+				b.openErr = fmt.Sprintf("open %d saw %d pending events, want %d", i, s.Result.Pending, b.cfg.Backlog)
+				return
+			}
+			kind := "warm"
+			if cold {
+				kind = "cold, after a clean stop"
+			}
+			if k.crashed {
+				kind = "cold, after a crash"
+			}
+			progress("open %d/%d %s (%.0f%% of the file in the page cache): spool.Open %.3f s + Stats %.4f s; max RSS %s",
+				i, b.cfg.Opens, kind, 100*s.Resident, s.Result.OpenSeconds, s.Result.StatsSeconds, fmtBytes(s.Result.MaxRSSKiB<<10))
+			b.opens = append(b.opens, s)
+		}
+	}
+	if after, err := os.Stat(path); err == nil && before != nil && after.Size() != before.Size() {
+		b.notes = append(b.notes, fmt.Sprintf("the cached backlog file changed during the open timings (size %d -> %d): delete it so the next run prefills afresh", before.Size(), after.Size()))
+	}
+}
