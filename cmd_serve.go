@@ -21,8 +21,15 @@ import (
 	"github.com/gwenrelay/gwenrelay/spool"
 )
 
-// shutdownTimeout bounds how long a stop waits for requests in progress.
-const shutdownTimeout = 20 * time.Second
+// Stop deadlines. Both run side by side, so a stop takes at most the longer
+// of the two (the systemd unit's TimeoutStopSec must be above it).
+const (
+	// shutdownTimeout bounds how long a stop waits for requests in progress.
+	shutdownTimeout = 20 * time.Second
+	// drainTimeout bounds how long a stop waits for deliveries in flight;
+	// what is not settled by then stays pending for the next start.
+	drainTimeout = 10 * time.Second
+)
 
 func envVar(flag string) []string {
 	return []string{"GWENRELAY_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))}
@@ -39,7 +46,7 @@ func defaultSpoolPath() string {
 }
 
 func serveFlags() []cli.Flag {
-	return []cli.Flag{
+	return append([]cli.Flag{
 		&cli.StringFlag{Name: "config", Usage: "YAML file with flag values (keys are flag names) and a mapping: section", EnvVars: envVar("config")},
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "listen", Value: ":8080", Usage: "address for webhooks, /healthz and /readyz", EnvVars: envVar("listen")}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "spool", Value: defaultSpoolPath(), Usage: "spool file", EnvVars: envVar("spool")}),
@@ -51,10 +58,9 @@ func serveFlags() []cli.Flag {
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "max-body", Value: "5MiB", Usage: "largest request body, after gzip (bytes or units: 1048576, 1MiB)", EnvVars: envVar("max-body")}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "spool-max-bytes", Value: "0", Usage: "stored bytes at which ingest answers 503 (0: no quota; the file grows to about twice this)", EnvVars: envVar("spool-max-bytes")}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "dedup-window", Value: 24 * time.Hour, Usage: "how long a delivered event's key keeps a repeat out", EnvVars: envVar("dedup-window")}),
-		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "dry-run", Usage: "do not send to Segment (required: delivery to Segment is not part of this build yet; events stay in the spool)", EnvVars: envVar("dry-run")}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: envVar("log-level")}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text or json", EnvVars: envVar("log-format")}),
-	}
+	}, deliveryFlags()...)
 }
 
 func serveCommand() *cli.Command {
@@ -176,9 +182,6 @@ func serve(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	if !c.Bool("dry-run") {
-		return usagef("delivery to Segment is not part of this build yet: pass --dry-run to run the relay with events kept in the spool")
-	}
 	maxBody, err := parseSize(c.String("max-body"))
 	if err != nil || maxBody <= 0 {
 		return usagef("--max-body %q: want a positive size such as 5MiB", c.String("max-body"))
@@ -195,6 +198,15 @@ func serve(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	dlv, err := buildDelivery(c, log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := dlv.close(); err != nil {
+			log.Error("closing the dry-run output", "error", err)
+		}
+	}()
 	if auth.Tokens() == 0 {
 		log.Warn("accepting webhooks without a credential (--insecure-no-auth)")
 	}
@@ -220,14 +232,31 @@ func serve(c *cli.Context) error {
 		closeSpool()
 		return fmt.Errorf("listen on %s: %w (is another process using the port? change --listen)", c.String("listen"), err)
 	}
-	ingest := relay.NewIngest(relay.IngestConfig{Store: sp, Auth: auth, Mapping: mapping, MaxBody: maxBody, Logger: log})
+	var ingest *relay.Ingest
+	drainer, err := relay.NewDrainer(relay.DrainerConfig{
+		Store:              sp,
+		NewSender:          dlv.newSender,
+		NewIsolationSender: dlv.newIsolation,
+		Mapping:            func() *relay.Mapping { return ingest.Mapping() },
+		Logger:             log,
+	})
+	if err != nil {
+		ln.Close()
+		closeSpool()
+		return err
+	}
+	ingest = relay.NewIngest(relay.IngestConfig{Store: sp, Auth: auth, Mapping: mapping, MaxBody: maxBody, Logger: log, OnSpooled: drainer.Notify})
 	srv := relay.NewServer(ingest)
-	log.Info("listening", "addr", ln.Addr().String(), "version", buildVersion(), "dry_run", true)
+	log.Info("delivery", dlv.describe...)
+	log.Info("listening", "addr", ln.Addr().String(), "version", buildVersion())
 
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
+	drainCtx, stopDrain := context.WithCancel(context.Background())
+	drainDone := make(chan error, 1)
+	go func() { drainDone <- drainer.Run(drainCtx, drainTimeout) }()
 	pruneCtx, stopPrune := context.WithCancel(context.Background())
 	pruneDone := make(chan struct{})
 	go func() {
@@ -236,19 +265,32 @@ func serve(c *cli.Context) error {
 	}()
 
 	var runErr error
+	drained := false
 	select {
 	case <-ctx.Done():
 		log.Info("stopping: finishing requests in progress")
 	case err := <-serveErr:
 		runErr = fmt.Errorf("serve %s: %w", ln.Addr(), err)
+	case err := <-drainDone:
+		drained = true
+		runErr = fmt.Errorf("drainer stopped: %w", err)
 	}
+	// Ingest and delivery stop side by side, each within its own deadline;
+	// the spool closes only after both, so every acknowledged event and
+	// every delivery verdict is committed first.
 	stopPrune()
-	<-pruneDone
+	stopDrain()
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.Canceled) {
 		log.Warn("requests still in progress at the shutdown deadline", "error", err)
 	}
+	if !drained {
+		if err := <-drainDone; err != nil && runErr == nil {
+			runErr = fmt.Errorf("drainer: %w", err)
+		}
+	}
+	<-pruneDone
 	if err := sp.Close(); err != nil && runErr == nil {
 		runErr = fmt.Errorf("close spool: %w", err)
 	}

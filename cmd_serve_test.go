@@ -184,8 +184,9 @@ func TestServe_StopKeepsAcknowledged(t *testing.T) {
 		pr, pw := io.Pipe()
 		done := make(chan int, 1)
 		go func() {
-			done <- runContext(ctx, []string{"gwenrelay", "serve", "--log-format", "json", "--dry-run", "--insecure-no-auth",
-				"--listen", "127.0.0.1:0", "--spool", path}, io.Discard, pw)
+			// Segment is unreachable: the event stays pending.
+			done <- runContext(ctx, []string{"gwenrelay", "serve", "--log-format", "json", "--write-key", "k", "--insecure-no-auth",
+				"--segment-endpoint", "http://127.0.0.1:1", "--listen", "127.0.0.1:0", "--spool", path}, io.Discard, pw)
 			pw.Close()
 		}()
 		sc := bufio.NewScanner(pr)

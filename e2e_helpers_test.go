@@ -119,13 +119,15 @@ type e2eRelay struct {
 type e2eStartOptions struct {
 	// Timeout for the "listening" line (default 10 s).
 	Timeout time.Duration
-	// Raw uses args as given instead of adding serve --dry-run --listen
-	// 127.0.0.1:0 --log-format json --spool.
+	// Raw uses args as given instead of adding serve --listen 127.0.0.1:0
+	// --log-format json --spool and an unreachable Segment.
 	Raw bool
 }
 
-// e2eStart runs `gwenrelay serve --dry-run --listen 127.0.0.1:0
-// --log-format json --spool spoolPath extra...`, waits for its "listening"
+// e2eStart runs `gwenrelay serve --listen 127.0.0.1:0 --log-format json
+// --spool spoolPath extra...` with a Segment endpoint that refuses every
+// connection, so every acknowledged event stays in the spool to be
+// counted; it waits for its "listening"
 // log line and returns the process. It fails the test if the relay does not
 // come up within 10 s. The process is killed at the end of the test if it is
 // still running, and its output is logged if the test failed.
@@ -150,7 +152,8 @@ func e2eStartOpts(t testing.TB, o e2eStartOptions, spoolPath string, extra ...st
 	}
 	var args []string
 	if !o.Raw {
-		args = []string{"serve", "--dry-run", "--listen", "127.0.0.1:0", "--log-format", "json", "--spool", spoolPath}
+		args = []string{"serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--spool", spoolPath,
+			"--write-key", "e2e-write-key", "--segment-endpoint", e2eDeadEndpoint(t)}
 	}
 	args = append(args, extra...)
 	p := &e2eRelay{t: t, args: args, exited: make(chan struct{}), outDone: make(chan struct{}), changed: make(chan struct{})}
@@ -835,4 +838,17 @@ func e2eGet(t testing.TB, url string, timeout time.Duration) (int, string) {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
+}
+
+// e2eDeadEndpoint returns a URL on 127.0.0.1 where nothing listens (a port
+// that was bound and released), so deliveries fail with connection refused.
+func e2eDeadEndpoint(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("reserve a port: %v", err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return "http://" + addr
 }

@@ -112,6 +112,9 @@ func NewIngest(cfg IngestConfig) *Ingest {
 // SetAuth replaces the credential check (on reload) without dropping requests.
 func (h *Ingest) SetAuth(a *Auth) { h.auth.Store(a) }
 
+// Mapping returns the mapping in force.
+func (h *Ingest) Mapping() *Mapping { return h.mapping.Load() }
+
 // SetMapping replaces the mapping overrides (on reload).
 func (h *Ingest) SetMapping(m *Mapping) { h.mapping.Store(m) }
 

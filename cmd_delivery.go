@@ -1,0 +1,119 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+
+	analytics "github.com/segmentio/analytics-go/v3"
+	"github.com/urfave/cli/v2"
+	"github.com/urfave/cli/v2/altsrc"
+
+	"github.com/gwenrelay/gwenrelay/ratelimit"
+	"github.com/gwenrelay/gwenrelay/relay"
+)
+
+func deliveryFlags() []cli.Flag {
+	return []cli.Flag{
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "write-key", Usage: "Segment write key (visible to other local users in the process list: prefer --write-key-file or $CREDENTIALS_DIRECTORY/write-key)", EnvVars: envVar("write-key")}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "write-key-file", Usage: "file holding the Segment write key", EnvVars: envVar("write-key-file")}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "segment-endpoint", Value: relay.DefaultSegmentEndpoint, Usage: "Segment API base URL (EU workspaces: https://events.eu1.segmentapis.com)", EnvVars: envVar("segment-endpoint")}),
+		altsrc.NewFloat64Flag(&cli.Float64Flag{Name: "rate", Value: 500, Usage: "events per second sent to Segment (0: no limit)", EnvVars: envVar("rate")}),
+		altsrc.NewIntFlag(&cli.IntFlag{Name: "burst", Value: 100, Usage: "events that may go at once above the rate; also the largest batch", EnvVars: envVar("burst")}),
+		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "dry-run", Usage: "do not send to Segment: write each drained event as an NDJSON line to stdout or --dry-run-file, and delete it from the spool", EnvVars: envVar("dry-run")}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "dry-run-file", Usage: "with --dry-run, append the NDJSON lines to this file instead of stdout", EnvVars: envVar("dry-run-file")}),
+	}
+}
+
+// writeKey finds the Segment write key: --write-key (or its environment
+// variable), then --write-key-file, then the systemd credential. It says
+// where it came from, never what it is.
+func writeKey(c *cli.Context) (key, source string, err error) {
+	if k := strings.TrimSpace(c.String("write-key")); k != "" {
+		return k, "--write-key", nil
+	}
+	if p := c.String("write-key-file"); p != "" {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return "", "", usagef("--write-key-file: %v", err)
+		}
+		if k := strings.TrimSpace(string(b)); k != "" {
+			return k, p, nil
+		}
+		return "", "", usagef("--write-key-file %s is empty", p)
+	}
+	if d := os.Getenv("CREDENTIALS_DIRECTORY"); d != "" {
+		p := filepath.Join(d, "write-key")
+		if b, err := os.ReadFile(p); err == nil {
+			if k := strings.TrimSpace(string(b)); k != "" {
+				return k, p, nil
+			}
+		}
+	}
+	return "", "", nil
+}
+
+// delivery is how drained events leave the relay.
+type delivery struct {
+	newSender, newIsolation func(analytics.Callback) (relay.Sender, error)
+	limiter                 *ratelimit.Limiter
+	close                   func() error
+	describe                []any
+}
+
+// buildDelivery picks Segment or, with --dry-run, the NDJSON sink. Without a
+// write key and without --dry-run it refuses: an operator who forgot the
+// key must not see events drained somewhere and deleted.
+func buildDelivery(c *cli.Context, log *slog.Logger) (*delivery, error) {
+	if c.Float64("rate") < 0 {
+		return nil, usagef("--rate %v: want 0 (no limit) or more", c.Float64("rate"))
+	}
+	if c.Int("burst") < 1 {
+		return nil, usagef("--burst %d: want 1 or more", c.Int("burst"))
+	}
+	limiter := ratelimit.New(c.Float64("rate"), c.Int("burst"))
+	if c.Bool("dry-run") {
+		var w io.Writer = c.App.Writer
+		closeFn := func() error { return nil }
+		where := "stdout"
+		if p := c.String("dry-run-file"); p != "" {
+			f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+			if err != nil {
+				return nil, usagef("--dry-run-file: %v", err)
+			}
+			w, closeFn, where = f, f.Close, p
+		}
+		s := relay.NewDryRunSender(w)
+		return &delivery{newSender: s, newIsolation: s, limiter: limiter, close: closeFn,
+			describe: []any{"sink", "dry-run", "output", where}}, nil
+	}
+	if c.String("dry-run-file") != "" {
+		return nil, usagef("--dry-run-file needs --dry-run")
+	}
+	key, source, err := writeKey(c)
+	if err != nil {
+		return nil, err
+	}
+	if key == "" {
+		return nil, usagef("no Segment write key: set --write-key-file (or --write-key, $GWENRELAY_WRITE_KEY, $CREDENTIALS_DIRECTORY/write-key), or pass --dry-run to write events to stdout instead")
+	}
+	endpoint := strings.TrimRight(c.String("segment-endpoint"), "/")
+	u, err := url.Parse(endpoint)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return nil, usagef("--segment-endpoint %q: want a URL such as https://api.segment.io", c.String("segment-endpoint"))
+	}
+	normal, iso := relay.NewSegmentSenders(relay.SegmentConfig{
+		WriteKey: key,
+		Endpoint: endpoint,
+		Limiter:  limiter,
+		Logger:   log,
+	})
+	return &delivery{newSender: normal, newIsolation: iso, limiter: limiter, close: func() error { return nil },
+		describe: []any{"sink", "segment", "endpoint", endpoint, "write_key_from", source, "rate", c.Float64("rate"), "burst", c.Int("burst")}}, nil
+}
+
+func (d *delivery) String() string { return fmt.Sprint(d.describe...) }

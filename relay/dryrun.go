@@ -1,0 +1,67 @@
+package relay
+
+import (
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+
+	analytics "github.com/segmentio/analytics-go/v3"
+)
+
+// NewDryRunSender returns the sender constructor of --dry-run: each message
+// becomes one line of NDJSON on w (exactly the JSON analytics-go would put in
+// a batch) and is then reported delivered, so the spool drains as it would
+// to Segment; a message over Segment's 32,000 bytes is reported failed with
+// analytics.ErrMessageTooBig, as analytics-go does. Senders built from one
+// constructor share w.
+func NewDryRunSender(w io.Writer) func(analytics.Callback) (Sender, error) {
+	out := &lockedWriter{w: w}
+	return func(cb analytics.Callback) (Sender, error) {
+		return &dryRunSink{out: out, cb: cb}, nil
+	}
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+type dryRunSink struct {
+	out    *lockedWriter
+	cb     analytics.Callback
+	closed atomic.Bool
+}
+
+func (s *dryRunSink) Enqueue(m analytics.Message) error {
+	if s.closed.Load() {
+		return analytics.ErrClosed
+	}
+	if err := m.Validate(); err != nil {
+		return err
+	}
+	b, err := MarshalMessage(m)
+	if err != nil {
+		return fmt.Errorf("encode message: %w", err)
+	}
+	if len(b) > MaxMessageBytes {
+		// analytics-go refuses it this way (Segment would reject it), so
+		// a dry run drains the spool as a real one would: to dead letters.
+		s.cb.Failure(m, analytics.ErrMessageTooBig)
+		return nil
+	}
+	s.out.mu.Lock()
+	_, err = s.out.w.Write(append(b, '\n'))
+	s.out.mu.Unlock()
+	if err != nil {
+		s.cb.Failure(m, fmt.Errorf("write dry-run output: %w", err))
+		return nil
+	}
+	s.cb.Success(m)
+	return nil
+}
+
+func (s *dryRunSink) Close() error {
+	s.closed.Store(true)
+	return nil
+}

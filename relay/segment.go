@@ -1,0 +1,220 @@
+package relay
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	analytics "github.com/segmentio/analytics-go/v3"
+
+	"github.com/gwenrelay/gwenrelay/ratelimit"
+)
+
+// Segment delivery defaults.
+const (
+	// DefaultSegmentEndpoint is Segment's US API; EU workspaces use
+	// https://events.eu1.segmentapis.com.
+	DefaultSegmentEndpoint = "https://api.segment.io"
+	// DefaultFlushInterval is how long a partial batch waits: at low traffic
+	// an event reaches Segment within about this long.
+	DefaultFlushInterval = 200 * time.Millisecond
+	// DefaultRequestTimeout bounds one upload attempt; analytics-go's own
+	// client timeout is a fixed 10 s.
+	DefaultRequestTimeout = 10 * time.Second
+	// maxBatch is analytics-go's default and Segment's comfortable size.
+	maxBatch = 250
+)
+
+// SegmentConfig configures delivery through analytics-go.
+type SegmentConfig struct {
+	WriteKey string
+	Endpoint string             // default DefaultSegmentEndpoint
+	Limiter  *ratelimit.Limiter // required: events/s and Retry-After pauses
+	// Base is the HTTP transport under the limiter (default: a clone of
+	// http.DefaultTransport).
+	Base http.RoundTripper
+	// FlushInterval (default DefaultFlushInterval) and RequestTimeout
+	// (default DefaultRequestTimeout).
+	FlushInterval  time.Duration
+	RequestTimeout time.Duration
+	// RetryBase and RetryMax shape analytics-go's ten retries of a batch
+	// (defaults 100ms and 2s); the drainer's own backoff follows them.
+	RetryBase, RetryMax time.Duration
+	// Observe is told of every upload attempt (for metrics and tests).
+	Observe func(events, status int, err error, waited, took time.Duration)
+	Logger  *slog.Logger
+}
+
+// NewSegmentSenders returns the constructors the drainer needs: one for
+// normal batches, one that sends each message in a batch of its own (to
+// find the record that made Segment reject a batch). Both share the limiter,
+// so the rate and any pause apply to all traffic.
+func NewSegmentSenders(cfg SegmentConfig) (normal, isolation func(analytics.Callback) (Sender, error)) {
+	if cfg.Endpoint == "" {
+		cfg.Endpoint = DefaultSegmentEndpoint
+	}
+	if cfg.FlushInterval <= 0 {
+		cfg.FlushInterval = DefaultFlushInterval
+	}
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = DefaultRequestTimeout
+	}
+	if cfg.RetryBase <= 0 {
+		cfg.RetryBase = 100 * time.Millisecond
+	}
+	if cfg.RetryMax <= 0 {
+		cfg.RetryMax = 2 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Base == nil {
+		cfg.Base = http.DefaultTransport.(*http.Transport).Clone()
+	}
+	transport := segmentTransport(cfg)
+	build := func(batchSize int) func(analytics.Callback) (Sender, error) {
+		return func(cb analytics.Callback) (Sender, error) {
+			c, err := analytics.NewWithConfig(cfg.WriteKey, analytics.Config{
+				Endpoint:   cfg.Endpoint,
+				Interval:   cfg.FlushInterval,
+				BatchSize:  batchSize,
+				Transport:  transport,
+				Callback:   cb,
+				RetryAfter: cfg.Limiter.RetryAfter(cfg.RetryBase, cfg.RetryMax),
+				Logger:     analyticsLogger{cfg.Logger.With("system", "analytics-go")},
+			})
+			if err != nil {
+				return nil, fmt.Errorf("configure the Segment client: %w", err)
+			}
+			return c, nil
+		}
+	}
+	// A batch never carries more events than the limiter's burst, so the
+	// window bound (rate + burst events in any second) holds per request.
+	size := maxBatch
+	if b := cfg.Limiter.Burst(); b > 0 && b < size {
+		size = b
+	}
+	return build(size), build(1)
+}
+
+// segmentTransport is the HTTP stack under analytics-go: the limiter (rate
+// and Retry-After pauses), then the per-attempt timeout, then cfg.Base.
+func segmentTransport(cfg SegmentConfig) http.RoundTripper {
+	return queueTransport{next: &ratelimit.Transport{
+		Base:    timeoutTransport{base: cfg.Base, timeout: cfg.RequestTimeout},
+		Limiter: cfg.Limiter,
+		Count:   countBatch,
+		Observe: cfg.Observe,
+	}}
+}
+
+// queueTransport takes the request out of the deadline of analytics-go's
+// http.Client (a fixed 10 s, on the request's context and Cancel channel),
+// so that time spent queued in the limiter does not count against it: a
+// backlog deeper than 10 s of --rate, or a Retry-After over 10 s, would
+// otherwise fail batches that never left the process, record failed
+// attempts on their records and back the drainer off. Each exchange with
+// Segment is still bounded, by timeoutTransport below the limiter.
+type queueTransport struct{ next http.RoundTripper }
+
+func (t queueTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	out := req.Clone(context.WithoutCancel(req.Context()))
+	out.Cancel = nil //nolint:staticcheck // http.Client still sets it for transports it does not know
+	return t.next.RoundTrip(out)
+}
+
+// countBatch counts the messages of an analytics-go batch body, for the
+// token bucket, without decoding it: the elements of the top-level "batch"
+// array, found by tracking strings and nesting. analytics-go writes the
+// body with encoding/json, so the key is spelled exactly `"batch":[`.
+func countBatch(body []byte) int {
+	i := bytes.Index(body, []byte(`"batch":[`))
+	if i < 0 {
+		return 1
+	}
+	depth, n, inString, escaped, any := 0, 0, false, false, false
+	for _, c := range body[i+len(`"batch":[`):] {
+		if inString {
+			switch {
+			case escaped:
+				escaped = false
+			case c == '\\':
+				escaped = true
+			case c == '"':
+				inString = false
+			}
+			continue
+		}
+		switch c {
+		case '"':
+			inString = true
+		case '{', '[':
+			depth++
+		case '}':
+			depth--
+		case ']':
+			if depth == 0 {
+				if any {
+					n++
+				}
+				return n
+			}
+			depth--
+		case ',':
+			if depth == 0 {
+				n++
+			}
+		case ' ', '\t', '\r', '\n':
+			continue
+		}
+		any = true
+	}
+	return max(n, 1)
+}
+
+// timeoutTransport bounds each attempt, including reading the answer.
+type timeoutTransport struct {
+	base    http.RoundTripper
+	timeout time.Duration
+}
+
+func (t timeoutTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	ctx, cancel := context.WithTimeout(req.Context(), t.timeout)
+	resp, err := t.base.RoundTrip(req.WithContext(ctx))
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
+	return resp, nil
+}
+
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+	once   sync.Once
+}
+
+func (c *cancelOnClose) Close() error {
+	err := c.ReadCloser.Close()
+	c.once.Do(c.cancel)
+	return err
+}
+
+// analyticsLogger sends analytics-go's chatter to slog at debug level: the
+// drainer logs what matters (failures, backoff) itself, once.
+type analyticsLogger struct{ log *slog.Logger }
+
+func (l analyticsLogger) Logf(format string, args ...any) {
+	l.log.Debug(fmt.Sprintf(format, args...))
+}
+
+func (l analyticsLogger) Errorf(format string, args ...any) {
+	l.log.Debug(fmt.Sprintf(format, args...))
+}
