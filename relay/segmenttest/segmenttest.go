@@ -225,8 +225,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		msgs[i].At = at
 	}
 	step, scripted := s.nextStep()
-	switch {
-	case scripted && step.Reset:
+	if scripted && step.Reset {
 		s.record(Request{At: at, Events: len(msgs), Err: "reset"}, msgs)
 		if hj, ok := w.(http.Hijacker); ok {
 			if conn, _, err := hj.Hijack(); err == nil {
