@@ -349,13 +349,12 @@ func prefillMain(args []string) error {
 					// Nonce 0xb5b5b5b5 and worker 0xffff never occur in load
 					// runs (worker ids there are below 0xffff).
 					raw := tmpl.build(0xb5b5b5b5, 0xffff, uint64(start)+uint64(i))
-					canon, err := canonicalEvent(raw)
+					e, err := relay.GWENEntry(raw, "", 0, now)
 					if err != nil {
 						errs[w] = err
 						return
 					}
-					key, msgID := dedupKeyFor(canon)
-					entries[i] = spool.Entry{Kind: spool.KindGWEN, Key: key, MessageID: msgID, ReceivedAt: now, Event: canon}
+					entries[i] = e
 				}
 				res, err := sp.Append(entries)
 				if err != nil {

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bytes"
-	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -91,33 +89,4 @@ func appendUUID(dst []byte, nonce uint32, worker uint16, seq uint64) []byte {
 	dst = append(dst, h[16:20]...)
 	dst = append(dst, '-')
 	return append(dst, h[20:32]...)
-}
-
-// canonicalEvent mirrors relay's canonicalJSON (relay/idempotency.go): the
-// form in which the relay stores an event and from which it derives the dedup
-// key. The prefill uses it so its records have the shape the relay writes.
-func canonicalEvent(raw []byte) ([]byte, error) {
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.UseNumber()
-	var v any
-	if err := dec.Decode(&v); err != nil {
-		return nil, err
-	}
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
-		return nil, err
-	}
-	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
-}
-
-// dedupKeyFor mirrors relay's dedupKey for a request without an
-// Idempotency-Key, and messageIDFor its messageId.
-func dedupKeyFor(canonical []byte) (key []byte, messageID string) {
-	h := sha256.New()
-	h.Write([]byte("gwen-event\x00"))
-	h.Write(canonical)
-	key = h.Sum(nil)
-	return key, "gwenrelay-" + hex.EncodeToString(key)
 }

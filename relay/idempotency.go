@@ -6,6 +6,9 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"strconv"
+	"time"
+
+	"github.com/gwenrelay/gwenrelay/spool"
 )
 
 // canonicalJSON re-encodes one JSON value with object keys sorted and no
@@ -51,4 +54,17 @@ func dedupKey(idempotencyKey string, index int, canonical []byte) []byte {
 // Segment's own messageId dedup. 74 characters: under Segment's 100.
 func messageIDFor(key []byte) string {
 	return "gwenrelay-" + hex.EncodeToString(key)
+}
+
+// GWENEntry is the spool entry for one raw GWEN event, exactly as ingest
+// stores it: the canonical JSON, the dedup key and the messageId derived
+// from it. index is the event's position in its request (it matters only
+// with an Idempotency-Key). The event is not validated here.
+func GWENEntry(raw []byte, idempotencyKey string, index int, receivedAt time.Time) (spool.Entry, error) {
+	canon, err := canonicalJSON(raw)
+	if err != nil {
+		return spool.Entry{}, err
+	}
+	key := dedupKey(idempotencyKey, index, canon)
+	return spool.Entry{Kind: spool.KindGWEN, Key: key, MessageID: messageIDFor(key), ReceivedAt: receivedAt, Event: canon}, nil
 }

@@ -334,13 +334,11 @@ func (h *Ingest) parse(body []byte, idemKey string, now time.Time) ([]spool.Entr
 		if err != nil {
 			return nil, errorf(http.StatusBadRequest, "%s", joinPath(where, err))
 		}
-		canon, err := canonicalJSON(raw)
+		entry, err := GWENEntry(raw, idemKey, i, now)
 		if err != nil {
 			return nil, errorf(http.StatusBadRequest, "%s", joinPath(where, err))
 		}
-		key := dedupKey(idemKey, i, canon)
-		msgID := messageIDFor(key)
-		msg, err := mapping.Map(ev, now, msgID)
+		msg, err := mapping.Map(ev, now, entry.MessageID)
 		if err != nil {
 			return nil, errorf(http.StatusBadRequest, "%s", joinPath(where, err))
 		}
@@ -352,7 +350,7 @@ func (h *Ingest) parse(body []byte, idemKey string, now time.Time) ([]spool.Entr
 			return nil, errorf(http.StatusRequestEntityTooLarge, "%s", joinPath(where, fmt.Errorf("the Segment message would be %d bytes; Segment accepts at most %d", len(enc), MaxMessageBytes)))
 		}
 		h.noteType(ev.Type)
-		entries[i] = spool.Entry{Kind: spool.KindGWEN, Key: key, MessageID: msgID, ReceivedAt: now, Event: canon}
+		entries[i] = entry
 	}
 	return entries, nil
 }
