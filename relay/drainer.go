@@ -91,6 +91,8 @@ type Drainer struct {
 	mu           sync.Mutex
 	inflight     map[string][]flight // by messageId
 	inflightIDs  map[uint64]bool
+	claimedMsg   map[string]int  // in-flight records per messageId
+	deferredMsg  map[string]bool // messageIds with a twin left pending
 	maxSeen      int
 	backoffUntil time.Time
 	failuresRow  int
@@ -165,6 +167,8 @@ func NewDrainer(cfg DrainerConfig) (*Drainer, error) {
 		settled:     make(chan struct{}, 1),
 		inflight:    map[string][]flight{},
 		inflightIDs: map[uint64]bool{},
+		claimedMsg:  map[string]int{},
+		deferredMsg: map[string]bool{},
 		results:     make(chan result, 4*cfg.MaxInFlight),
 		resDone:     make(chan struct{}),
 	}
@@ -221,21 +225,38 @@ func jitterBackoff(failures int, base, max time.Duration) time.Duration {
 // then stay pending and are sent again, with the same messageId, at the next
 // start.
 func (d *Drainer) Run(ctx context.Context, drainTimeout time.Duration) error {
-	err := d.loop(ctx)
+	loopDone := make(chan error, 1)
+	go func() { loopDone <- d.loop(ctx) }()
+	var err error
+	looping := true
+	select {
+	case err = <-loopDone:
+		looping = false
+	case <-ctx.Done():
+	}
+	// The deadline runs from the stop request, whatever the loop is doing
+	// (it may be blocked handing a message to a sender that cannot write).
+	deadline := time.NewTimer(drainTimeout)
+	defer deadline.Stop()
 	d.mu.Lock()
 	d.stopping = true
 	d.mu.Unlock()
-	deadline := time.NewTimer(drainTimeout)
-	defer deadline.Stop()
-	closed := make(chan struct{})
-	go func() {
-		_ = d.main.Close()
-		_ = d.iso.Close()
-		close(closed)
-	}()
-	select {
-	case <-closed:
-	case <-deadline.C:
+	closed := make(chan struct{}, 2)
+	for _, s := range []Sender{d.main, d.iso} {
+		go func() {
+			_ = s.Close()
+			closed <- struct{}{}
+		}()
+	}
+	for waiting := 2; waiting > 0 || looping; {
+		select {
+		case <-closed:
+			waiting--
+		case e := <-loopDone:
+			err, looping = e, false
+		case <-deadline.C:
+			waiting, looping = 0, false
+		}
 	}
 	d.resMu.Lock()
 	d.resClosed = true
@@ -343,7 +364,15 @@ func (d *Drainer) claim(after uint64, limit int) ([]spool.Record, uint64, error)
 		if d.inflightIDs[r.ID] || gone[r.ID] {
 			continue
 		}
+		if r.Unreadable == "" && d.claimedMsg[r.MessageID] > 0 {
+			// Another pending record carries the same messageId (re-admitted
+			// after the dedup window) and is in flight. Verdicts are matched
+			// by messageId, so this one waits until that one settles.
+			d.deferredMsg[r.MessageID] = true
+			continue
+		}
 		d.inflightIDs[r.ID] = true
+		d.claimedMsg[r.MessageID]++
 		claimed = append(claimed, r)
 	}
 	d.maxSeen = max(d.maxSeen, len(d.inflightIDs))
@@ -384,6 +413,9 @@ func (d *Drainer) send(r spool.Record, isolated bool) {
 
 // message turns a record into the Segment call it is delivered as.
 func (d *Drainer) message(r spool.Record) (analytics.Message, error) {
+	if r.Unreadable != "" {
+		return nil, fmt.Errorf("the stored record is unreadable: %s", r.Unreadable)
+	}
 	switch r.Kind {
 	case spool.KindGWEN:
 		ev, err := ParseEvent(r.Event, r.ReceivedAt)
@@ -641,7 +673,17 @@ func (d *Drainer) backoff(reason string) {
 func (d *Drainer) release(rs []result, rewind bool) {
 	d.mu.Lock()
 	for _, r := range rs {
-		delete(d.inflightIDs, r.f.rec.ID)
+		if d.inflightIDs[r.f.rec.ID] {
+			delete(d.inflightIDs, r.f.rec.ID)
+			id := r.f.rec.MessageID
+			if d.claimedMsg[id]--; d.claimedMsg[id] <= 0 {
+				delete(d.claimedMsg, id)
+			}
+			if d.deferredMsg[id] {
+				delete(d.deferredMsg, id)
+				rewind = true // its twin may go now
+			}
+		}
 		if d.reading && !rewind {
 			if d.gone == nil {
 				d.gone = map[uint64]bool{}

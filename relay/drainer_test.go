@@ -1308,3 +1308,120 @@ func TestDrainer_FailedRecordsFirst(t *testing.T) {
 		t.Errorf("after the failure was recorded the drainer sent %s; want the failed, older record 1 (%s) before the newer record 5 (%s)", got, recs[0].MessageID, recs[4].MessageID)
 	}
 }
+
+// unreadableStore reports one record as the spool does when its stored
+// bytes cannot be decoded.
+type unreadableStore struct {
+	*spool.Spool
+	bad uint64
+}
+
+func (u unreadableStore) ReadPending(after uint64, limit int) ([]spool.Record, error) {
+	recs, err := u.Spool.ReadPending(after, limit)
+	for i := range recs {
+		if recs[i].ID == u.bad {
+			recs[i] = spool.Record{ID: u.bad, Unreadable: "record 2 has format version 9"}
+		}
+	}
+	return recs, err
+}
+
+// TestDrainer_UnreadableRecord: a record the spool cannot decode goes to
+// the dead letters with the reason, and does not stop the records behind it.
+func TestDrainer_UnreadableRecord(t *testing.T) {
+	sp := openDrainSpool(t, "")
+	recs := drainAppend(t, sp, drainTestEvents(t, 5, nil))
+	bad := recs[1].ID
+	fake := segmenttest.New(drainTestWriteKey)
+	t.Cleanup(fake.Close)
+	normal, iso := NewSegmentSenders(SegmentConfig{WriteKey: drainTestWriteKey, Endpoint: fake.URL,
+		Limiter: ratelimit.New(0, 1), FlushInterval: 20 * time.Millisecond, Logger: drainQuietLog})
+	d, err := NewDrainer(DrainerConfig{Store: unreadableStore{sp, bad}, NewSender: normal, NewIsolationSender: iso,
+		Mapping: func() *Mapping { return DefaultMapping(drainTestVersion) }, PollInterval: 50 * time.Millisecond, Logger: drainQuietLog})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx, 2*time.Second) }()
+	if !fake.WaitDelivered(4, 10*time.Second) {
+		t.Fatalf("the 4 readable records were not delivered: %d", len(fake.Delivered()))
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, err := sp.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Pending == 0 && st.Dead == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("spool holds %d pending, %d dead; want 0 and 1", st.Pending, st.Dead)
+		}
+		fake.WaitDelivered(5, 20*time.Millisecond) // a bounded wait between looks; 5 never arrive
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	dead, err := sp.ReadDead(0, 10)
+	if err != nil || len(dead) != 1 || dead[0].ID != bad {
+		t.Fatalf("dead letters %v, %v; want record %d", dead, err, bad)
+	}
+	if !strings.Contains(dead[0].LastError, "unreadable") || !strings.Contains(dead[0].LastError, "format version 9") {
+		t.Errorf("dead letter's error %q does not say the record was unreadable and why", dead[0].LastError)
+	}
+}
+
+// TestDrainer_SharedMessageID: two pending records under one messageId (an
+// event re-admitted after the dedup window) are delivered one after the
+// other, so neither's verdict can settle the other; both leave the spool.
+func TestDrainer_SharedMessageID(t *testing.T) {
+	sp := openDrainSpool(t, "")
+	evs := drainTestEvents(t, 2, nil)
+	var entries []spool.Entry
+	for _, raw := range evs {
+		e, err := GWENEntry(raw, "", 0, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.Key = nil // no dedup: both are stored
+		e.MessageID = "gwenrelay-shared"
+		entries = append(entries, e)
+	}
+	drainAppendRaw(t, sp, entries...)
+	r := startDrain(t, sp, drainRigConfig{})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		n := 0
+		for _, m := range r.fake.Messages() {
+			if m.MessageID == "gwenrelay-shared" {
+				n++
+			}
+		}
+		st, err := sp.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n >= 2 && st.Pending == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 10s: %d sends of the shared messageId, %d pending; want 2 and 0", n, st.Pending)
+		}
+		r.fake.WaitDelivered(3, 20*time.Millisecond) // a bounded wait between looks
+	}
+	bodies := map[string]bool{}
+	requests := map[int]bool{}
+	for _, m := range r.fake.Messages() {
+		bodies[string(m.Raw)] = true
+		requests[m.Request] = true
+	}
+	if len(bodies) != 2 {
+		t.Errorf("Segment received %d distinct bodies under the shared messageId, want both records' (2)", len(bodies))
+	}
+	if len(requests) < 2 {
+		t.Errorf("both records went out in one request: the second must wait until the first is settled")
+	}
+}

@@ -303,7 +303,7 @@ func (s *Spool) read(bucket []byte, after uint64, limit int) ([]Record, error) {
 		for k, v := cur.Seek(itob(after + 1)); k != nil && len(out) < limit; k, v = cur.Next() {
 			r, err := decodeRecord(btoi(k), v)
 			if err != nil {
-				return err
+				r = Record{ID: btoi(k), Unreadable: err.Error()}
 			}
 			out = append(out, r)
 		}
@@ -365,13 +365,14 @@ func (s *Spool) Stats() (Stats, error) {
 			st.Pending, st.Dead, st.PendingBytes, st.DeadBytes, st.DedupKeys = fc.PendingN, fc.DeadN, fc.PendingBytes, fc.DeadBytes, fc.DedupN
 			st.Bytes = fc.PendingBytes + fc.DeadBytes
 		}
-		k, v := tx.Bucket(bucketPending).Cursor().First()
-		if k != nil {
-			r, err := decodeRecord(btoi(k), v)
-			if err != nil {
-				return err
+		// The oldest readable record: an unreadable one must not make the
+		// spool's size unknowable (the drainer moves it aside).
+		cur := tx.Bucket(bucketPending).Cursor()
+		for k, v := cur.First(); k != nil; k, v = cur.Next() {
+			if r, err := decodeRecord(btoi(k), v); err == nil {
+				st.OldestPending = r.ReceivedAt
+				break
 			}
-			st.OldestPending = r.ReceivedAt
 		}
 		return nil
 	})

@@ -34,6 +34,11 @@ type Record struct {
 	MessageID   string    // the Segment messageId the event is sent under
 	Key         []byte    // dedup key it was admitted under (may be empty)
 	Event       []byte    // the event as received (compact JSON)
+	// Unreadable is set, with only ID valid, when the stored bytes could not
+	// be decoded (damage, or a version this build does not know). Readers
+	// get such records instead of an error so that one bad record cannot
+	// stop everything behind it; Dead moves it aside as it is.
+	Unreadable string
 }
 
 const recordFixed = 1 + 1 + 8 + 4 + 8
