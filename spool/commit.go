@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -51,6 +52,10 @@ func (r *rejection) Error() string { return r.err.Error() }
 func (r *rejection) Unwrap() error { return r.err }
 
 func reject(err error) error { return &rejection{err} }
+
+// DiskFullPause is how long appends are refused, without trying, after a
+// commit failed for want of disk space. Acks, which free space, still run.
+const DiskFullPause = time.Second
 
 // errNothingToCommit rolls back a group in which every op was refused.
 var errNothingToCommit = errors.New("nothing to commit")
@@ -143,6 +148,9 @@ func (s *Spool) commit(group []*op, entries int) {
 		return
 	}
 	if err != nil {
+		if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+			s.diskFullUntil.Store(time.Now().Add(DiskFullPause).UnixNano())
+		}
 		err = fmt.Errorf("commit spool %s: %w", s.path, err)
 		for _, o := range group {
 			o.done <- err

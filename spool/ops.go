@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
+	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -43,6 +44,9 @@ func (s *Spool) Append(entries []Entry) (AppendResult, error) {
 	res := AppendResult{IDs: make([]uint64, len(entries)), Duplicate: make([]bool, len(entries))}
 	if len(entries) == 0 {
 		return res, nil
+	}
+	if until := s.diskFullUntil.Load(); until != 0 && time.Now().UnixNano() < until {
+		return AppendResult{}, fmt.Errorf("spool %s: the disk was full a moment ago; not trying again yet: %w", s.path, syscall.ENOSPC)
 	}
 	if s.opt.DedupWindow > 0 {
 		// Checked before submitting: bbolt would refuse the key inside the

@@ -24,6 +24,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -95,6 +96,12 @@ type Spool struct {
 
 	cmu      sync.Mutex
 	counters counters // mirrors the committed meta counters
+
+	// diskFullUntil (unix nanos) holds appends back for a moment after a
+	// commit failed for want of space: with NoFreelistSync every failed
+	// commit makes bbolt rebuild its freelist by walking the whole file, so
+	// retrying at the rate requests arrive would stall the spool.
+	diskFullUntil atomic.Int64
 
 	commitHook func(groupOps, groupEntries int, d time.Duration)
 }

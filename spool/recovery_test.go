@@ -2,9 +2,11 @@ package spool
 
 import (
 	"encoding/binary"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -151,5 +153,30 @@ func TestSpool_UnreadableRecord(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestSpool_DiskFullPause: after a commit failed for want of space, appends
+// are refused with ENOSPC for DiskFullPause without reaching bbolt; then
+// they are tried again.
+func TestSpool_DiskFullPause(t *testing.T) {
+	now := time.Now()
+	sp := openTest(t, Options{})
+	commits := 0
+	sp.SetCommitHook(func(int, int, time.Duration) { commits++ })
+	sp.diskFullUntil.Store(now.Add(time.Hour).UnixNano())
+	_, err := sp.Append([]Entry{{Event: []byte(`{}`), ReceivedAt: now}})
+	if !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("Append during the pause: %v, want ENOSPC", err)
+	}
+	if commits != 0 {
+		t.Errorf("Append during the pause reached bbolt (%d commits)", commits)
+	}
+	if err := sp.Ack([]uint64{1}); err != nil {
+		t.Errorf("Ack during the pause (it frees space): %v", err)
+	}
+	sp.diskFullUntil.Store(now.Add(-time.Second).UnixNano())
+	if _, err := sp.Append([]Entry{{Event: []byte(`{}`), ReceivedAt: now}}); err != nil {
+		t.Fatalf("Append after the pause: %v", err)
 	}
 }
