@@ -1,9 +1,11 @@
 package main
 
 import (
-	"fmt"
+	"errors"
 	"io"
+	"io/fs"
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -48,10 +50,14 @@ func writeKey(c *cli.Context) (key, source string, err error) {
 	}
 	if d := os.Getenv("CREDENTIALS_DIRECTORY"); d != "" {
 		p := filepath.Join(d, "write-key")
-		if b, err := os.ReadFile(p); err == nil {
-			if k := strings.TrimSpace(string(b)); k != "" {
-				return k, p, nil
-			}
+		b, err := os.ReadFile(p)
+		switch {
+		case err == nil && strings.TrimSpace(string(b)) != "":
+			return strings.TrimSpace(string(b)), p, nil
+		case err == nil:
+			return "", "", usagef("the systemd credential %s is empty: put the Segment write key in the file LoadCredential= names", p)
+		case !errors.Is(err, fs.ErrNotExist):
+			return "", "", usagef("the systemd credential %s: %v", p, err)
 		}
 	}
 	return "", "", nil
@@ -60,7 +66,6 @@ func writeKey(c *cli.Context) (key, source string, err error) {
 // delivery is how drained events leave the relay.
 type delivery struct {
 	newSender, newIsolation func(analytics.Callback) (relay.Sender, error)
-	limiter                 *ratelimit.Limiter
 	close                   func() error
 	describe                []any
 }
@@ -87,8 +92,8 @@ func buildDelivery(c *cli.Context, log *slog.Logger) (*delivery, error) {
 			}
 			w, closeFn, where = f, f.Close, p
 		}
-		s := relay.NewDryRunSender(w)
-		return &delivery{newSender: s, newIsolation: s, limiter: limiter, close: closeFn,
+		s := relay.NewDryRunSender(w, limiter)
+		return &delivery{newSender: s, newIsolation: s, close: closeFn,
 			describe: []any{"sink", "dry-run", "output", where}}, nil
 	}
 	if c.String("dry-run-file") != "" {
@@ -99,12 +104,19 @@ func buildDelivery(c *cli.Context, log *slog.Logger) (*delivery, error) {
 		return nil, err
 	}
 	if key == "" {
-		return nil, usagef("no Segment write key: set --write-key-file (or --write-key, $GWENRELAY_WRITE_KEY, $CREDENTIALS_DIRECTORY/write-key), or pass --dry-run to write events to stdout instead")
+		where := "$CREDENTIALS_DIRECTORY is not set"
+		if d := os.Getenv("CREDENTIALS_DIRECTORY"); d != "" {
+			where = filepath.Join(d, "write-key") + " does not exist"
+		}
+		return nil, usagef("no Segment write key (--write-key and --write-key-file are not set, and %s): set --write-key-file, or pass --dry-run to write events to stdout instead", where)
 	}
 	endpoint := strings.TrimRight(c.String("segment-endpoint"), "/")
 	u, err := url.Parse(endpoint)
 	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 		return nil, usagef("--segment-endpoint %q: want a URL such as https://api.segment.io", c.String("segment-endpoint"))
+	}
+	if u.Scheme == "http" && !isLoopback(u.Hostname()) {
+		log.Warn("--segment-endpoint is plain http: the write key and every event cross the network unencrypted", "endpoint", endpoint)
 	}
 	normal, iso := relay.NewSegmentSenders(relay.SegmentConfig{
 		WriteKey: key,
@@ -112,8 +124,22 @@ func buildDelivery(c *cli.Context, log *slog.Logger) (*delivery, error) {
 		Limiter:  limiter,
 		Logger:   log,
 	})
-	return &delivery{newSender: normal, newIsolation: iso, limiter: limiter, close: func() error { return nil },
+	return &delivery{newSender: normal, newIsolation: iso, close: func() error { return nil },
 		describe: []any{"sink", "segment", "endpoint", endpoint, "write_key_from", source, "rate", c.Float64("rate"), "burst", c.Int("burst")}}, nil
 }
 
-func (d *delivery) String() string { return fmt.Sprint(d.describe...) }
+// isLoopback reports whether host names this machine.
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// maxInFlight bounds the records being delivered: 2,000, or fewer when
+// batches are small, so the uploads waiting for the rate limiter stay well
+// under analytics-go's 1,000 concurrent requests.
+func maxInFlight(burst int) int {
+	return min(relay.DefaultMaxInFlightRecords, 500*max(burst, 1))
+}

@@ -211,6 +211,9 @@ func serve(c *cli.Context) error {
 		log.Warn("accepting webhooks without a credential (--insecure-no-auth)")
 	}
 
+	if _, _, err := net.SplitHostPort(c.String("listen")); err != nil {
+		return usagef("--listen %q: want host:port, such as :8080 or 127.0.0.1:8080", c.String("listen"))
+	}
 	sp, err := spool.Open(c.String("spool"), spool.Options{MaxBytes: quota, DedupWindow: c.Duration("dedup-window")})
 	if err != nil {
 		return err
@@ -238,6 +241,7 @@ func serve(c *cli.Context) error {
 		NewSender:          dlv.newSender,
 		NewIsolationSender: dlv.newIsolation,
 		Mapping:            func() *relay.Mapping { return ingest.Mapping() },
+		MaxInFlight:        maxInFlight(c.Int("burst")),
 		Logger:             log,
 	})
 	if err != nil {

@@ -11,7 +11,7 @@ import (
 
 const (
 	errMissingCredential = "missing credential: send Authorization: Bearer <token> or Basic with the token as user name"
-	errBadCredential     = "credential not accepted"
+	errBadCredential     = "credential not accepted: check the token the sender uses against --inbound-token / --inbound-token-file"
 )
 
 func authTestBasic(user, password string) string {

@@ -42,7 +42,7 @@ type DrainerConfig struct {
 	// of its own, used to find the record that made Segment reject a batch.
 	// Nil: NewSender is used (right for senders that do not batch).
 	NewIsolationSender func(cb analytics.Callback) (Sender, error)
-	// Mapping returns the mapping in force (it may change on reload).
+	// Mapping returns the mapping in force (the caller may swap it at run time).
 	Mapping func() *Mapping
 	// MaxInFlight bounds the records handed to senders and not yet settled
 	// (default DefaultMaxInFlightRecords): memory stays flat through an outage.

@@ -1,12 +1,15 @@
 package relay
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"sync"
 	"sync/atomic"
 
 	analytics "github.com/segmentio/analytics-go/v3"
+
+	"github.com/gwenrelay/gwenrelay/ratelimit"
 )
 
 // NewDryRunSender returns the sender constructor of --dry-run: each message
@@ -14,11 +17,12 @@ import (
 // a batch) and is then reported delivered, so the spool drains as it would
 // to Segment; a message over Segment's 32,000 bytes is reported failed with
 // analytics.ErrMessageTooBig, as analytics-go does. Senders built from one
-// constructor share w.
-func NewDryRunSender(w io.Writer) func(analytics.Callback) (Sender, error) {
+// constructor share w. lim, when not nil, paces the lines as --rate paces
+// Segment. Lines are not fsynced: a dry run is for looking, not keeping.
+func NewDryRunSender(w io.Writer, lim *ratelimit.Limiter) func(analytics.Callback) (Sender, error) {
 	out := &lockedWriter{w: w}
 	return func(cb analytics.Callback) (Sender, error) {
-		return &dryRunSink{out: out, cb: cb}, nil
+		return &dryRunSink{out: out, cb: cb, lim: lim}, nil
 	}
 }
 
@@ -30,6 +34,7 @@ type lockedWriter struct {
 type dryRunSink struct {
 	out    *lockedWriter
 	cb     analytics.Callback
+	lim    *ratelimit.Limiter
 	closed atomic.Bool
 }
 
@@ -49,6 +54,11 @@ func (s *dryRunSink) Enqueue(m analytics.Message) error {
 		// a dry run drains the spool as a real one would: to dead letters.
 		s.cb.Failure(m, analytics.ErrMessageTooBig)
 		return nil
+	}
+	if s.lim != nil {
+		if _, err := s.lim.Wait(context.Background(), 1); err != nil {
+			return err
+		}
 	}
 	s.out.mu.Lock()
 	_, err = s.out.w.Write(append(b, '\n'))

@@ -70,7 +70,7 @@ func TestDryRun(t *testing.T) {
 		recs := drainAppend(t, sp, readIngestExamples(t))
 		recs = append(recs, drainAppend(t, sp, drainTestEvents(t, 300, nil))...)
 		var out syncBuffer
-		rig := startDrain(t, sp, drainRigConfig{sender: NewDryRunSender(&out)})
+		rig := startDrain(t, sp, drainRigConfig{sender: NewDryRunSender(&out, nil)})
 		rig.waitDrained(10 * time.Second)
 		rig.stop()
 
@@ -122,7 +122,7 @@ func TestDryRun(t *testing.T) {
 			spool.Entry{Kind: spool.KindGWEN, MessageID: "gwenrelay-no-user", ReceivedAt: time.Now(), Event: []byte(`{"type":"x"}`)},
 		)
 		var out syncBuffer
-		rig := startDrain(t, sp, drainRigConfig{sender: NewDryRunSender(&out)})
+		rig := startDrain(t, sp, drainRigConfig{sender: NewDryRunSender(&out, nil)})
 		waitFor(t, 10*time.Second, "the spool drained", func() bool {
 			st := spoolStats(t, sp)
 			return st.Pending == 0 && st.Dead == 2
@@ -143,7 +143,7 @@ func TestDryRun(t *testing.T) {
 		sp := openDrainSpool(t, "")
 		recs := drainAppend(t, sp, drainTestEvents(t, 20, nil))
 		w := &failingWriter{}
-		rig := startDrain(t, sp, drainRigConfig{sender: NewDryRunSender(w)})
+		rig := startDrain(t, sp, drainRigConfig{sender: NewDryRunSender(w, nil)})
 		waitFor(t, 10*time.Second, "failed writes recorded on the records", func() bool {
 			for _, r := range pendingRecords(t, sp) {
 				if r.Attempts >= 2 && strings.Contains(r.LastError, "no space left on device") {
@@ -167,7 +167,7 @@ func TestDryRun(t *testing.T) {
 		t.Parallel()
 		var out bytes.Buffer
 		cb := &recordingCallback{}
-		s, err := NewDryRunSender(&out)(cb)
+		s, err := NewDryRunSender(&out, nil)(cb)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -41,6 +41,10 @@ const (
 	// DefaultMaxInFlight is how many ingest requests are processed at once;
 	// beyond it the relay answers 503 rather than queueing without bound.
 	DefaultMaxInFlight = 1024
+	// DefaultMaxBuffered bounds the memory that bodies in progress may take
+	// (each body is counted three times: as received, decompressed and
+	// parsed); beyond it the relay answers 503 rather than run out of memory.
+	DefaultMaxBuffered = 256 << 20
 )
 
 // IngestConfig configures the webhook handler.
@@ -50,6 +54,7 @@ type IngestConfig struct {
 	Mapping     *Mapping
 	MaxBody     int64 // default DefaultMaxBody
 	MaxInFlight int   // default DefaultMaxInFlight
+	MaxBuffered int64 // default DefaultMaxBuffered
 	Now         func() time.Time
 	Logger      *slog.Logger
 	// OnSpooled, when set, is called after each successful commit (the
@@ -65,6 +70,8 @@ type Ingest struct {
 	mapping   atomic.Pointer[Mapping]
 	maxBody   int64
 	inflight  chan struct{}
+	buffered  atomic.Int64 // bytes reserved by bodies in progress
+	maxBuf    int64
 	now       func() time.Time
 	log       *slog.Logger
 	onSpooled func()
@@ -89,6 +96,10 @@ func NewIngest(cfg IngestConfig) *Ingest {
 		n = DefaultMaxInFlight
 	}
 	h.inflight = make(chan struct{}, n)
+	h.maxBuf = cfg.MaxBuffered
+	if h.maxBuf <= 0 {
+		h.maxBuf = DefaultMaxBuffered
+	}
 	if h.now == nil {
 		h.now = time.Now
 	}
@@ -109,13 +120,13 @@ func NewIngest(cfg IngestConfig) *Ingest {
 	return h
 }
 
-// SetAuth replaces the credential check (on reload) without dropping requests.
+// SetAuth replaces the credential check without dropping requests.
 func (h *Ingest) SetAuth(a *Auth) { h.auth.Store(a) }
 
 // Mapping returns the mapping in force.
 func (h *Ingest) Mapping() *Mapping { return h.mapping.Load() }
 
-// SetMapping replaces the mapping overrides (on reload).
+// SetMapping replaces the mapping overrides for later requests.
 func (h *Ingest) SetMapping(m *Mapping) { h.mapping.Store(m) }
 
 // Stop makes every later request answer 503 with Retry-After; requests
@@ -200,7 +211,7 @@ func (h *Ingest) handle(w http.ResponseWriter, r *http.Request) (*ingestResponse
 		if r.Header.Get("Authorization") == "" {
 			return nil, 0, errorf(http.StatusUnauthorized, "missing credential: send Authorization: Bearer <token> or Basic with the token as user name")
 		}
-		return nil, 0, errorf(http.StatusUnauthorized, "credential not accepted")
+		return nil, 0, errorf(http.StatusUnauthorized, "credential not accepted: check the token the sender uses against --inbound-token / --inbound-token-file")
 	}
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		mt, _, err := mime.ParseMediaType(ct)
@@ -216,12 +227,27 @@ func (h *Ingest) handle(w http.ResponseWriter, r *http.Request) (*ingestResponse
 	default:
 		return nil, 0, errorf(http.StatusUnsupportedMediaType, "content encoding %q is not supported: send gzip or no encoding", enc)
 	}
+	if r.ContentLength > h.maxBody {
+		return nil, 0, errorf(http.StatusRequestEntityTooLarge, "body is over the %d-byte limit", h.maxBody)
+	}
 	select {
 	case h.inflight <- struct{}{}:
 		defer func() { <-h.inflight }()
 	default:
 		return nil, 0, unavailable(1, "too many requests in progress; retry shortly")
 	}
+	// Reserve memory for the body before reading it: what it declares, or
+	// the limit when it does not say (chunked) or is compressed.
+	need := h.maxBody
+	if r.ContentLength >= 0 && !gzipped {
+		need = r.ContentLength
+	}
+	need *= 3
+	if total := h.buffered.Add(need); total > h.maxBuf && total != need {
+		h.buffered.Add(-need)
+		return nil, 0, unavailable(1, "too much request data in progress; retry shortly")
+	}
+	defer h.buffered.Add(-need)
 
 	raw, aerr := h.readBody(w, r, gzipped)
 	if aerr != nil {
@@ -258,7 +284,7 @@ func (h *Ingest) handle(w http.ResponseWriter, r *http.Request) (*ingestResponse
 func storeError(err error) *apiError {
 	switch {
 	case errors.Is(err, spool.ErrOverQuota):
-		return unavailable(30, "spool is full (%v); retry later", err)
+		return unavailable(30, "%v; retry later", err)
 	case errors.Is(err, spool.ErrClosed):
 		return unavailable(5, "gwenrelay is shutting down; retry shortly")
 	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):

@@ -63,6 +63,7 @@ type ingestEnvConfig struct {
 	auth        *Auth
 	maxBody     int64
 	maxInFlight int
+	maxBuffered int64
 	store       func(*spool.Spool) Store // wraps the real spool, e.g. to make it fail
 }
 
@@ -96,6 +97,7 @@ func newIngestEnv(t *testing.T, cfg ingestEnvConfig) *ingestEnv {
 		Auth:        cfg.auth,
 		MaxBody:     cfg.maxBody,
 		MaxInFlight: cfg.maxInFlight,
+		MaxBuffered: cfg.maxBuffered,
 		Now:         func() time.Time { return ingestTestNow },
 		Logger:      slog.New(slog.DiscardHandler),
 	})
@@ -693,7 +695,7 @@ func TestIngest_AllOrNothing(t *testing.T) {
 		}
 		before = spoolStats(t, e.sp)
 		r = e.post(t, ingestEvent(3), nil)
-		wantError(t, r, http.StatusServiceUnavailable, fmt.Sprintf("spool is full (%v (%d of %d bytes used)); retry later", spool.ErrOverQuota, quota, quota))
+		wantError(t, r, http.StatusServiceUnavailable, fmt.Sprintf("%v (%d of %d bytes used); retry later", spool.ErrOverQuota, quota, quota))
 		wantRetryAfter(t, r, "30")
 		wantNothingStored(t, e.sp, before)
 		// A retry of what is already spooled needs no room: still 200.
@@ -1026,4 +1028,39 @@ func TestIngest_ReadyzFollowsCommitFailures(t *testing.T) {
 	if got := ready(); got != http.StatusOK {
 		t.Errorf("readyz after a commit succeeded again: %d, want 200", got)
 	}
+}
+
+// TestIngest_BufferedBytes: bodies in progress may not take more memory than
+// MaxBuffered; a request that would go over it gets 503, a lone one always
+// goes through.
+func TestIngest_BufferedBytes(t *testing.T) {
+	bs := &blockingIngestStore{entered: make(chan struct{}, 1), release: make(chan struct{})}
+	body := ingestEvent(1)
+	e := newIngestEnv(t, ingestEnvConfig{maxBuffered: int64(4 * len(body)), store: func(sp *spool.Spool) Store {
+		bs.Spool = sp
+		return bs
+	}})
+	first := make(chan ingestReply, 1)
+	go func() {
+		req, _ := http.NewRequest(http.MethodPost, e.ts.URL+"/webhook", bytes.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+ingestTestToken)
+		resp, err := e.ts.Client().Do(req)
+		if err != nil {
+			first <- ingestReply{status: -1, body: []byte(err.Error())}
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		first <- ingestReply{status: resp.StatusCode, header: resp.Header, body: b}
+	}()
+	<-bs.entered // the first body (3x its size reserved) is in progress
+
+	r := e.post(t, ingestEvent(2), nil)
+	wantError(t, r, http.StatusServiceUnavailable, "too much request data in progress; retry shortly")
+	wantRetryAfter(t, r, "1")
+
+	close(bs.release)
+	wantAccepted(t, <-first, http.StatusAccepted, 1, 0)
+	// Released: the same request now fits.
+	wantAccepted(t, e.post(t, ingestEvent(2), nil), http.StatusAccepted, 1, 0)
 }

@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"net/http"
 	"time"
@@ -42,7 +43,7 @@ func NewServer(ingest *Ingest) *Server {
 		WriteTimeout:      WriteTimeout,
 		IdleTimeout:       IdleTimeout,
 		MaxHeaderBytes:    MaxHeaderBytes,
-		ErrorLog:          nil,
+		ErrorLog:          slog.NewLogLogger(ingest.log.Handler(), slog.LevelWarn),
 	}
 	return s
 }
