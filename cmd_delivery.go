@@ -66,6 +66,7 @@ func writeKey(c *cli.Context) (key, source string, err error) {
 // delivery is how drained events leave the relay.
 type delivery struct {
 	newSender, newIsolation func(analytics.Callback) (relay.Sender, error)
+	rejections              *relay.RejectionLog // nil for the dry run
 	close                   func() error
 	describe                []any
 }
@@ -118,13 +119,15 @@ func buildDelivery(c *cli.Context, log *slog.Logger) (*delivery, error) {
 	if u.Scheme == "http" && !isLoopback(u.Hostname()) {
 		log.Warn("--segment-endpoint is plain http: the write key and every event cross the network unencrypted", "endpoint", endpoint)
 	}
+	rejections := relay.NewRejectionLog()
 	normal, iso := relay.NewSegmentSenders(relay.SegmentConfig{
-		WriteKey: key,
-		Endpoint: endpoint,
-		Limiter:  limiter,
-		Logger:   log,
+		Rejections: rejections,
+		WriteKey:   key,
+		Endpoint:   endpoint,
+		Limiter:    limiter,
+		Logger:     log,
 	})
-	return &delivery{newSender: normal, newIsolation: iso, close: func() error { return nil },
+	return &delivery{newSender: normal, newIsolation: iso, rejections: rejections, close: func() error { return nil },
 		describe: []any{"sink", "segment", "endpoint", endpoint, "write_key_from", source, "rate", c.Float64("rate"), "burst", c.Int("burst")}}, nil
 }
 

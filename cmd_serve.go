@@ -242,6 +242,7 @@ func serve(c *cli.Context) error {
 		NewIsolationSender: dlv.newIsolation,
 		Mapping:            func() *relay.Mapping { return ingest.Mapping() },
 		MaxInFlight:        maxInFlight(c.Int("burst")),
+		Rejections:         dlv.rejections,
 		Logger:             log,
 	})
 	if err != nil {

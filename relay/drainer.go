@@ -42,6 +42,9 @@ type DrainerConfig struct {
 	// of its own, used to find the record that made Segment reject a batch.
 	// Nil: NewSender is used (right for senders that do not batch).
 	NewIsolationSender func(cb analytics.Callback) (Sender, error)
+	// Rejections, when set, supplies what Segment answered when it refused
+	// a record, for the dead letter's error (NewSegmentSenders fills it).
+	Rejections *RejectionLog
 	// Mapping returns the mapping in force (the caller may swap it at run time).
 	Mapping func() *Mapping
 	// MaxInFlight bounds the records handed to senders and not yet settled
@@ -471,6 +474,9 @@ func (c callback) Failure(m analytics.Message, err error) {
 		c.d.emit(result{kind: resDead, f: f, reason: "Segment's 32,000-byte limit: " + reason})
 	case failRejected:
 		if f.isolated {
+			if why := c.d.cfg.Rejections.Reason(f.rec.MessageID); why != "" {
+				reason = why
+			}
 			c.d.emit(result{kind: resDead, f: f, reason: "rejected by Segment: " + reason})
 		} else {
 			c.d.emit(result{kind: resIsolate, f: f, reason: reason})
@@ -505,6 +511,12 @@ func classify(err error) failClass {
 	if convErr != nil {
 		return failTransient
 	}
+	return classifyStatus(status)
+}
+
+// classifyStatus says what an HTTP status from Segment means for the
+// records of the batch.
+func classifyStatus(status int) failClass {
 	switch status {
 	case 400, 413, 422:
 		// What Segment answers for content it refuses (bad JSON, too big):

@@ -279,7 +279,9 @@ func startDrain(t *testing.T, sp *spool.Spool, cfg drainRigConfig) *drainRig {
 		r.fake = segmenttest.New(drainTestWriteKey)
 		t.Cleanup(r.fake.Close)
 	}
+	rejections := NewRejectionLog()
 	normal, iso := NewSegmentSenders(SegmentConfig{
+		Rejections:     rejections,
 		WriteKey:       drainTestWriteKey,
 		Endpoint:       r.fake.URL,
 		Limiter:        r.lim,
@@ -304,6 +306,7 @@ func startDrain(t *testing.T, sp *spool.Spool, cfg drainRigConfig) *drainRig {
 		NewIsolationSender: iso,
 		Mapping:            func() *Mapping { return r.mapping },
 		MaxInFlight:        cfg.maxInFlight,
+		Rejections:         rejections,
 		BackoffBase:        20 * time.Millisecond,
 		BackoffMax:         200 * time.Millisecond,
 		PollInterval:       100 * time.Millisecond,
@@ -714,8 +717,8 @@ func TestDrainer(t *testing.T) {
 		if len(dead) != 1 || dead[0].ID != poison.ID {
 			t.Fatalf("dead letters %v, want only the poison (id %d)", recordIDs(dead), poison.ID)
 		}
-		if !strings.Contains(dead[0].LastError, "400") || dead[0].Attempts < 1 || !bytes.Equal(dead[0].Event, poison.Event) || dead[0].MessageID != poison.MessageID {
-			t.Errorf("poison dead letter: attempts %d, last error %q; want the 400 recorded and the event kept", dead[0].Attempts, dead[0].LastError)
+		if !strings.Contains(dead[0].LastError, "400") || !strings.Contains(dead[0].LastError, "invalid message") || dead[0].Attempts < 1 || !bytes.Equal(dead[0].Event, poison.Event) || dead[0].MessageID != poison.MessageID {
+			t.Errorf("poison dead letter: attempts %d, last error %q; want the 400 with Segment's answer recorded and the event kept", dead[0].Attempts, dead[0].LastError)
 		}
 		delivered := fake.Delivered()
 		if _, ok := delivered[poison.MessageID]; ok {

@@ -45,6 +45,9 @@ type SegmentConfig struct {
 	// RetryBase and RetryMax shape analytics-go's ten retries of a batch
 	// (defaults 100ms and 2s); the drainer's own backoff follows them.
 	RetryBase, RetryMax time.Duration
+	// Rejections, when set, records what Segment says when it refuses a
+	// batch as invalid; give the same log to the drainer.
+	Rejections *RejectionLog
 	// Observe is told of every upload attempt (for metrics and tests).
 	Observe func(events, status int, err error, waited, took time.Duration)
 	Logger  *slog.Logger
@@ -107,7 +110,7 @@ func NewSegmentSenders(cfg SegmentConfig) (normal, isolation func(analytics.Call
 // and Retry-After pauses), then the per-attempt timeout, then cfg.Base.
 func segmentTransport(cfg SegmentConfig) http.RoundTripper {
 	return queueTransport{next: &ratelimit.Transport{
-		Base:    timeoutTransport{base: cfg.Base, timeout: cfg.RequestTimeout},
+		Base:    timeoutTransport{base: rejectionRecorder{base: cfg.Base, log: cfg.Rejections}, timeout: cfg.RequestTimeout},
 		Limiter: cfg.Limiter,
 		Count:   countBatch,
 		Observe: cfg.Observe,
