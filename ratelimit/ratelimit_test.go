@@ -715,7 +715,7 @@ func TestLimiter_SetRate(t *testing.T) {
 
 	t.Run("a waiter survives the burst shrinking under it", func(t *testing.T) {
 		// Wait reads the burst, then takes a step of that size: a SetRate
-		// in between used to fail the wait with "exceeds limiter's burst".
+		// in between must not fail the wait with "exceeds limiter's burst".
 		l := New(1e9, 10)
 		stop := make(chan struct{})
 		var wg sync.WaitGroup
