@@ -5,7 +5,8 @@
 // The contract: over any one-second window at most rate + burst events are
 // released, provided no single request carries more than burst events; and
 // while a pause is in force no new request is released (requests already on
-// the wire may finish).
+// the wire may finish, and one released in the instant before the pause was
+// imposed may still go out: the check and the send are not one step).
 package ratelimit
 
 import (
