@@ -10,58 +10,147 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/urfave/cli/v2"
 
 	"github.com/gwenrelay/gwenrelay/spool"
 )
 
-// serveInProcess runs `gwenrelay serve` in this process until the test ends
-// and returns the address it listens on, read from its "listening" log line.
-func serveInProcess(t *testing.T, args ...string) string {
+// syncBuffer keeps what is written to it, safe for concurrent use; onLine,
+// when set, is called (under the lock) with each complete line.
+type syncBuffer struct {
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	partial []byte
+	onLine  func(line []byte)
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.buf.Write(p)
+	if b.onLine != nil {
+		b.partial = append(b.partial, p...)
+		for {
+			i := bytes.IndexByte(b.partial, '\n')
+			if i < 0 {
+				break
+			}
+			b.onLine(b.partial[:i])
+			b.partial = b.partial[i+1:]
+		}
+	}
+	return len(p), nil
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// inProcessServe is `gwenrelay serve` running in this process.
+type inProcessServe struct {
+	Addr           string      // where it listens
+	Stdout, Stderr *syncBuffer // everything it wrote so far
+	cancel         context.CancelFunc
+	exited         chan struct{} // closed once runContext has returned
+	code           int           // its exit code, once exited is closed
+	stopped        bool
+}
+
+// startServe runs `gwenrelay serve --log-format json args...` in this
+// process, capturing its stdout and stderr, and waits for its "listening"
+// log line. It is stopped (as by SIGTERM) at the end of the test if the test
+// did not call Stop, and must then exit 0.
+func startServe(t *testing.T, args ...string) *inProcessServe {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	pr, pw := io.Pipe()
-	done := make(chan int, 1)
-	go func() {
-		done <- runContext(ctx, append([]string{"gwenrelay", "serve", "--log-format", "json"}, args...), io.Discard, pw)
-		pw.Close()
-	}()
+	s := &inProcessServe{Stdout: &syncBuffer{}, Stderr: &syncBuffer{}, cancel: cancel, exited: make(chan struct{})}
 	addr := make(chan string, 1)
-	var logs bytes.Buffer
-	go func() {
-		sc := bufio.NewScanner(pr)
-		for sc.Scan() {
-			logs.Write(sc.Bytes())
-			logs.WriteByte('\n')
-			var line struct{ Msg, Addr string }
-			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "listening" {
-				addr <- line.Addr
+	s.Stderr.onLine = func(line []byte) {
+		var l struct{ Msg, Addr string }
+		if json.Unmarshal(line, &l) == nil && l.Msg == "listening" {
+			select {
+			case addr <- l.Addr:
+			default:
 			}
 		}
-		close(addr)
+	}
+	full := append([]string{"gwenrelay", "serve", "--log-format", "json"}, args...)
+	go func() {
+		defer close(s.exited)
+		s.code = runContext(ctx, full, s.Stdout, s.Stderr)
 	}()
 	t.Cleanup(func() {
-		cancel()
-		select {
-		case code := <-done:
-			if code != 0 {
-				t.Errorf("serve exited %d", code)
-			}
-		case <-time.After(10 * time.Second):
-			t.Error("serve did not stop within 10s of its context ending")
+		if !s.stopped {
+			s.Stop(t)
 		}
 	})
 	select {
-	case a, ok := <-addr:
-		if !ok {
-			t.Fatalf("serve stopped before listening")
-		}
-		return a
+	case a := <-addr:
+		s.Addr = a
+		return s
+	case <-s.exited:
+		s.stopped = true
+		t.Fatalf("serve exited %d before listening; stderr:\n%s", s.code, s.Stderr)
 	case <-time.After(10 * time.Second):
-		t.Fatalf("serve did not report listening within 10s")
+		t.Fatalf("serve did not report listening within 10s; stderr:\n%s", s.Stderr)
 	}
-	return ""
+	return nil
+}
+
+// Stop ends serve's context (as SIGTERM does), waits for it to return and
+// fails the test unless it exits 0 within 30 s (longer than its own stop
+// deadlines need when nothing is in progress).
+func (s *inProcessServe) Stop(t *testing.T) {
+	t.Helper()
+	s.stopped = true
+	s.cancel()
+	select {
+	case <-s.exited:
+		if s.code != 0 {
+			t.Errorf("serve exited %d after its context ended, want 0; stderr:\n%s", s.code, s.Stderr)
+		}
+	case <-time.After(30 * time.Second):
+		t.Errorf("serve did not stop within 30s of its context ending; stderr:\n%s", s.Stderr)
+	}
+}
+
+// serveInProcess runs `gwenrelay serve` in this process until the test ends
+// and returns the address it listens on.
+func serveInProcess(t *testing.T, args ...string) string {
+	t.Helper()
+	return startServe(t, args...).Addr
+}
+
+// unsetEnv removes an environment variable for the rest of the test; it is
+// restored afterwards.
+func unsetEnv(t *testing.T, name string) {
+	t.Helper()
+	t.Setenv(name, "")
+	os.Unsetenv(name)
+}
+
+// clearServeEnv removes, for the test, every environment variable that
+// serve reads (each flag's GWENRELAY_* variable, the systemd credential and
+// state directories, JOURNAL_STREAM), so that the environment the tests run
+// in cannot change their outcome.
+func clearServeEnv(t *testing.T) {
+	t.Helper()
+	names := []string{"GWENRELAY_WRITE_KEY", "GWENRELAY_WRITE_KEY_FILE", "GWENRELAY_DRY_RUN", "GWENRELAY_DRY_RUN_FILE",
+		"CREDENTIALS_DIRECTORY", "STATE_DIRECTORY", "JOURNAL_STREAM"}
+	for _, f := range serveFlags() {
+		if df, ok := f.(cli.DocGenerationFlag); ok {
+			names = append(names, df.GetEnvVars()...)
+		}
+	}
+	for _, n := range names {
+		unsetEnv(t, n)
+	}
 }
 
 func postEvent(t *testing.T, addr, token string) int {
@@ -98,6 +187,7 @@ func countPending(t *testing.T, path string) int64 {
 }
 
 func TestServe_FlagsFromEnvironment(t *testing.T) {
+	clearServeEnv(t)
 	dir := t.TempDir()
 	path := filepath.Join(dir, "env.db")
 	t.Setenv("GWENRELAY_SPOOL", path)
@@ -116,6 +206,7 @@ func TestServe_FlagsFromEnvironment(t *testing.T) {
 }
 
 func TestServe_ConfigFile(t *testing.T) {
+	clearServeEnv(t)
 	dir := t.TempDir()
 	path := filepath.Join(dir, "cfg.db")
 	tokens := filepath.Join(dir, "tokens")
@@ -140,6 +231,7 @@ func TestServe_ConfigFile(t *testing.T) {
 }
 
 func TestServe_UsageErrors(t *testing.T) {
+	clearServeEnv(t)
 	dir := t.TempDir()
 	badCfg := filepath.Join(dir, "bad.yaml")
 	if err := os.WriteFile(badCfg, []byte("mapping:\n  wallet: {call: teleport}\n"), 0o600); err != nil {
@@ -177,6 +269,7 @@ func TestServe_UsageErrors(t *testing.T) {
 }
 
 func TestServe_StopKeepsAcknowledged(t *testing.T) {
+	clearServeEnv(t)
 	path := filepath.Join(t.TempDir(), "stop.db")
 	func() {
 		ctx, cancel := context.WithCancel(context.Background())

@@ -32,12 +32,17 @@ func e2eSeed(t *testing.T) uint64 {
 // it with SIGKILL at a random moment, restarts it on the same spool, and
 // repeats; then checks that nothing acknowledged was lost, nothing refused
 // was stored, nothing is stored twice, and the file is consistent.
+//
+// Its length is bounded without timing assertions: after budget no new kill
+// round starts (once minRounds have run), so a slow or loaded machine runs
+// fewer rounds instead of failing.
 func TestCrash_KillDashNine(t *testing.T) {
 	const (
-		rounds        = 8
+		rounds        = 8 // kill rounds at most
+		minRounds     = 2 // kill rounds always run, whatever the clock says
 		clients       = 16
-		maxPerClient  = 2000 // requests per client per round (a bound; the kill comes first)
-		budget        = 40 * time.Second
+		maxPerClient  = 2000             // requests per client per round (a bound; the kill comes first)
+		budget        = 40 * time.Second // no kill round starts after this (beyond minRounds)
 		minLoad       = 50 * time.Millisecond
 		maxExtraLoad  = 350 * time.Millisecond
 		approxReqSize = 1024
@@ -89,12 +94,10 @@ func TestCrash_KillDashNine(t *testing.T) {
 		return &wg
 	}
 
+	killed := 0
 	for round := 0; round < rounds; round++ {
-		if time.Since(start) > budget {
-			t.Logf("time budget spent after %d rounds", round)
-			if round < 5 {
-				t.Fatalf("only %d kill rounds fit in %v: the relay is too slow to start or stop", round, budget)
-			}
+		if round >= minRounds && time.Since(start) > budget {
+			t.Logf("time budget of %v spent: no further kill rounds", budget)
 			break
 		}
 		ackedBefore, sentBefore := acked.Load(), sent.Load()
@@ -114,9 +117,15 @@ func TestCrash_KillDashNine(t *testing.T) {
 		wg := load(round, p, stop, fmt.Sprintf("round %d", round))
 		time.Sleep(delay) // the random moment of the crash is the point of this test
 		p.Kill()
+		killed++
 		close(stop)
 		wg.Wait()
 		t.Logf("round %d: kill -9 after %v of load; events acknowledged so far %d, sent %d", round, delay, acked.Load(), sent.Load())
+	}
+
+	t.Logf("%d kill rounds of at most %d ran in %v", killed, rounds, time.Since(start).Round(time.Millisecond))
+	if killed < minRounds {
+		t.Fatalf("only %d kill rounds ran, want at least %d", killed, minRounds)
 	}
 
 	// A last life without a crash, ended by SIGTERM.
@@ -143,12 +152,10 @@ func TestCrash_KillDashNine(t *testing.T) {
 
 	recs := e2eReadSpool(t, path)
 	c := e2eVerify(t, led.all(), recs)
-	t.Logf("after %d kills: %v", rounds, c)
+	t.Logf("after %d kills: %v", killed, c)
 	t.Logf("requests without an answer whose events were nevertheless stored: %d of %d (%d events)", c.NoAnswerStoredReqs, c.NoAnswerReqs, c.NoAnswerStoredEv)
 	if c.OKEvents == 0 {
 		t.Errorf("no request was ever acknowledged: the test proves nothing")
 	}
-	if took := time.Since(start); took > 60*time.Second {
-		t.Errorf("test took %v, want under 60 s", took)
-	}
+	t.Logf("test took %v", time.Since(start).Round(time.Millisecond))
 }

@@ -125,9 +125,9 @@ type e2eStartOptions struct {
 }
 
 // e2eStart runs `gwenrelay serve --listen 127.0.0.1:0 --log-format json
-// --spool spoolPath extra...` with a Segment endpoint that refuses every
-// connection, so every acknowledged event stays in the spool to be
-// counted; it waits for its "listening"
+// --spool spoolPath extra...` with a Segment endpoint that resets every
+// connection (e2eDeadEndpoint), so every acknowledged event stays in the
+// spool to be counted; it waits for its "listening"
 // log line and returns the process. It fails the test if the relay does not
 // come up within 10 s. The process is killed at the end of the test if it is
 // still running, and its output is logged if the test failed.
@@ -840,15 +840,41 @@ func e2eGet(t testing.TB, url string, timeout time.Duration) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
-// e2eDeadEndpoint returns a URL on 127.0.0.1 where nothing listens (a port
-// that was bound and released), so deliveries fail with connection refused.
+// e2eDeadEndpoint returns a URL on 127.0.0.1 where a listener, kept open
+// for the rest of the test, accepts every connection and at once closes it
+// with a reset, so every delivery fails; holding the port (instead of
+// releasing it to get "connection refused") means nothing else can take it
+// and answer. The listener is closed in t.Cleanup, after the cleanups
+// registered later (such as the relay's own).
 func e2eDeadEndpoint(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatalf("reserve a port: %v", err)
+		t.Fatalf("listen for the dead Segment endpoint: %v", err)
 	}
-	addr := l.Addr().String()
-	l.Close()
-	return "http://" + addr
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				if errors.Is(err, net.ErrClosed) {
+					return
+				}
+				// A transient accept failure (out of file descriptors, say):
+				// back off a little rather than spin.
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			if tc, ok := c.(*net.TCPConn); ok {
+				_ = tc.SetLinger(0) // RST, not FIN
+			}
+			c.Close()
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		<-done
+	})
+	return "http://" + l.Addr().String()
 }
