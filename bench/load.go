@@ -55,8 +55,17 @@ type child struct {
 
 // startChild runs this binary with args (a hidden subcommand).
 func startChild(exe, name string, args ...string) (*child, error) {
-	c := &child{name: name, cmd: exec.Command(exe, args...), lines: make(chan string, 64), stderr: &tailBuffer{max: 16 << 10}, waited: make(chan struct{})}
+	return startCmd(name, exec.Command(exe, args...), nil)
+}
+
+// startCmd runs cmd as a child; its stderr goes to the tail buffer and, if
+// not nil, also to extra.
+func startCmd(name string, cmd *exec.Cmd, extra io.Writer) (*child, error) {
+	c := &child{name: name, cmd: cmd, lines: make(chan string, 64), stderr: &tailBuffer{max: 16 << 10}, waited: make(chan struct{})}
 	c.cmd.Stderr = c.stderr
+	if extra != nil {
+		c.cmd.Stderr = io.MultiWriter(c.stderr, extra)
+	}
 	out, err := c.cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
@@ -256,8 +265,56 @@ func runOnce(exe string, spec runSpec, body eventBody, probeDir string) (runResu
 		return res, err
 	}
 	res.StartupWait = time.Since(started)
-	pid := srv.cmd.Process.Pid
+	out := driveLoad(srv.cmd.Process.Pid, addr, spec, body, func() { _ = srv.cmd.Process.Signal(syscall.SIGUSR1) }, &res)
 
+	ru, stopErr := srv.stop(2 * time.Minute)
+	if ru != nil {
+		res.MaxRSSKiB = ru.Maxrss
+	}
+	var statsLine string
+	for line := range srv.lines {
+		if rest, ok := strings.CutPrefix(line, "STATS "); ok {
+			statsLine = rest
+		}
+	}
+	if statsLine != "" {
+		if err := json.Unmarshal([]byte(statsLine), &res.Server); err != nil {
+			return res, fmt.Errorf("server (%s) printed unreadable stats %q: %v", spec.Label, statsLine, err)
+		}
+	}
+	if stopErr != nil {
+		return res, stopErr
+	}
+	if statsLine == "" {
+		return res, fmt.Errorf("server (%s) exited without printing its stats; its stderr: %s", spec.Label, srv.describeStderr())
+	}
+
+	if out.errs > 0 {
+		return res, fmt.Errorf("%d of %d requests to the %s server failed; the first: %s (server stderr: %s)", out.errs, out.errs+res.Acked, spec.Label, out.errMsg, srv.describeStderr())
+	}
+	if out.cpuErr != nil {
+		return res, fmt.Errorf("reading the server's CPU time: %w", out.cpuErr)
+	}
+	if spec.Mode == "durable" {
+		if got := res.Server.PendingAtEnd - res.Server.PendingAtStart; got != res.Acked {
+			return res, fmt.Errorf("durability check failed: the server answered 202 to %d events but its spool gained %d pending records", res.Acked, got)
+		}
+	}
+	return res, nil
+}
+
+// loadOutcome is what driveLoad saw go wrong.
+type loadOutcome struct {
+	errs   int64  // failed requests
+	errMsg string // the first failure
+	cpuErr error  // reading CPU times
+}
+
+// driveLoad drives the server at addr (process pid) with spec.Clients
+// keep-alive clients for the warm-up plus the window, calling mark at both
+// edges of the window, and fills res with the window's figures: rate,
+// latencies, CPU (server, this process, everything else), peak memory.
+func driveLoad(pid int, addr string, spec runSpec, body eventBody, mark func(), res *runResult) loadOutcome {
 	var dials atomic.Int64
 	dialer := &net.Dialer{Timeout: 5 * time.Second}
 	tr := &http.Transport{
@@ -287,7 +344,7 @@ func runOnce(exe string, spec runSpec, body eventBody, probeDir string) (runResu
 	go func() {
 		defer close(marks)
 		time.Sleep(time.Until(t0))
-		_ = srv.cmd.Process.Signal(syscall.SIGUSR1)
+		mark()
 		var e0, e1, e2, e3 error
 		cpu0, e0 = procCPU(pid)
 		self0 = selfCPU()
@@ -296,7 +353,7 @@ func runOnce(exe string, spec runSpec, body eventBody, probeDir string) (runResu
 		cpu1, e1 = procCPU(pid)
 		self1 = selfCPU()
 		all1, steal1, e3 = machineCPU()
-		_ = srv.cmd.Process.Signal(syscall.SIGUSR1)
+		mark()
 		cpuErr = errors.Join(e0, e1, e2, e3)
 	}()
 	memDone := make(chan struct{})
@@ -360,45 +417,17 @@ func runOnce(exe string, spec runSpec, body eventBody, probeDir string) (runResu
 	}
 	tr.CloseIdleConnections()
 
-	ru, stopErr := srv.stop(2 * time.Minute)
-	if ru != nil {
-		res.MaxRSSKiB = ru.Maxrss
-	}
-	var statsLine string
-	for line := range srv.lines {
-		if rest, ok := strings.CutPrefix(line, "STATS "); ok {
-			statsLine = rest
-		}
-	}
-	if statsLine != "" {
-		if err := json.Unmarshal([]byte(statsLine), &res.Server); err != nil {
-			return res, fmt.Errorf("server (%s) printed unreadable stats %q: %v", spec.Label, statsLine, err)
-		}
-	}
-	if stopErr != nil {
-		return res, stopErr
-	}
-	if statsLine == "" {
-		return res, fmt.Errorf("server (%s) exited without printing its stats; its stderr: %s", spec.Label, srv.describeStderr())
-	}
-
-	var errs int64
-	var errMsg string
+	var out loadOutcome
 	var all []time.Duration
 	for i := range stats {
 		all = append(all, stats[i].lat...)
 		res.Acked += stats[i].acked
-		errs += stats[i].errs
-		if errMsg == "" {
-			errMsg = stats[i].errMsg
+		out.errs += stats[i].errs
+		if out.errMsg == "" {
+			out.errMsg = stats[i].errMsg
 		}
 	}
-	if errs > 0 {
-		return res, fmt.Errorf("%d of %d requests to the %s server failed; the first: %s (server stderr: %s)", errs, errs+res.Acked, spec.Label, errMsg, srv.describeStderr())
-	}
-	if cpuErr != nil {
-		return res, fmt.Errorf("reading the server's CPU time: %w", cpuErr)
-	}
+	out.cpuErr = cpuErr
 	res.Requests = len(all)
 	res.EvPerSec = float64(len(all)) / spec.Duration.Seconds()
 	ps := percentiles(all, 50, 99)
@@ -408,12 +437,7 @@ func runOnce(exe string, spec runSpec, body eventBody, probeDir string) (runResu
 	res.ClientCPU = self1 - self0
 	res.OthersCPU = max(0, (all1-all0)-res.ServerCPU-res.ClientCPU)
 	res.Steal = steal1 - steal0
-	if spec.Mode == "durable" {
-		if got := res.Server.PendingAtEnd - res.Server.PendingAtStart; got != res.Acked {
-			return res, fmt.Errorf("durability check failed: the server answered 202 to %d events but its spool gained %d pending records", res.Acked, got)
-		}
-	}
-	return res, nil
+	return out
 }
 
 // post sends one event and wants 202 Accepted.

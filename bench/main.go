@@ -4,6 +4,11 @@
 // that keeps nothing); then the same durable load with a large backlog
 // already pending, and the time to open that backlog's spool.
 //
+// Then its delivery (drain*.go; --drain=false skips it): the real gwenrelay
+// binary, built once per run, drains into a fake Segment in this process —
+// the backlog's drain rate with --rate 0, end-to-end latency at a steady
+// 100 events/s, and ingest while the backlog drains.
+//
 //	go run ./bench                 # full run, 10-20 minutes
 //	go run ./bench --quick         # about a minute
 //	go run ./bench --out bench-results/ingest.md
@@ -58,6 +63,14 @@ type config struct {
 	Dir        string
 	CPUProfile string
 	Dedup      time.Duration
+
+	Ingest          bool
+	Drain           bool
+	LatencyRate     float64
+	LatencyDuration time.Duration
+	Perf            string
+	Sections        map[string]bool // delivery sections to run
+	MixedRate       float64
 }
 
 func parseFlags(args []string) (config, error) {
@@ -77,8 +90,25 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.Dir, "dir", "bench-results", "directory for spool files and the cached backlog; must be on a real disk, not tmpfs")
 	fs.DurationVar(&c.Dedup, "dedup-window", serveDedupWindow, "the servers' spool dedup window, as serve's --dedup-window (0 disables dedup: an experiment, not the shipped default; the backlog is always prefilled with dedup keys)")
 	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of each server's measurement window to FILE-<label>-<clients>c-r<run>.prof")
+	fs.BoolVar(&c.Ingest, "ingest", true, "run the ingest measurements (--ingest=false: only the delivery ones)")
+	fs.BoolVar(&c.Drain, "drain", true, "run the delivery measurements against the real gwenrelay binary and a fake Segment in this process: drain throughput of the backlog (--rate 0), end-to-end latency at --latency-rate, ingest while draining (--drain=false skips them)")
+	fs.Float64Var(&c.LatencyRate, "latency-rate", 100, "events/s of the open-loop latency run")
+	fs.DurationVar(&c.LatencyDuration, "latency-duration", time.Minute, "length of the open-loop latency run")
+	fs.StringVar(&c.Perf, "perf", "", "after the drain throughput runs, drain once more under `perf record -g` of the relay and write the profile to FILE (not counted in the figures)")
+	sections := fs.String("delivery", "throughput,latency,mixed", "delivery sections to run: throughput (the backlog's drain rate), latency, mixed (ingest while draining)")
+	fs.Float64Var(&c.MixedRate, "mixed-rate", 0, "the relay's --rate in the ingest-while-draining comparison (0: no limit, the measurement's definition; other values are experiments)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
+	}
+	c.Sections = map[string]bool{}
+	for _, s := range strings.Split(*sections, ",") {
+		switch s = strings.TrimSpace(s); s {
+		case "throughput", "latency", "mixed":
+			c.Sections[s] = true
+		case "":
+		default:
+			return c, fmt.Errorf("--delivery %q: want a comma-separated list of throughput, latency and mixed", *sections)
+		}
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments %q (all options are flags; see -h)", fs.Args())
@@ -100,6 +130,9 @@ func parseFlags(args []string) (config, error) {
 		}
 		if !set["opens"] {
 			c.Opens = 2
+		}
+		if !set["latency-duration"] {
+			c.LatencyDuration = 30 * time.Second
 		}
 	}
 	for _, s := range strings.Split(*clients, ",") {
@@ -124,6 +157,14 @@ func parseFlags(args []string) (config, error) {
 		return c, fmt.Errorf("--max-others %v: want 0 (off) or more", c.MaxOthers)
 	case c.Opens < 1:
 		return c, fmt.Errorf("--opens %d: want at least 1", c.Opens)
+	case c.LatencyRate <= 0 || c.LatencyRate > 10_000:
+		return c, fmt.Errorf("--latency-rate %v: want more than 0 and at most 10000 events/s", c.LatencyRate)
+	case c.LatencyDuration < time.Second:
+		return c, fmt.Errorf("--latency-duration %v: want at least 1s", c.LatencyDuration)
+	case c.MixedRate < 0:
+		return c, fmt.Errorf("--mixed-rate %v: want 0 (no limit) or more", c.MixedRate)
+	case !c.Ingest && !c.Drain:
+		return c, errors.New("--ingest=false and --drain=false leave nothing to measure")
 	}
 	return c, nil
 }
@@ -152,6 +193,7 @@ type bench struct {
 	opens   []openSample
 	openErr string
 	notes   []string
+	drain   drainResults
 
 	repeats   int // runs repeated because of noise
 	noisyKept int // runs still noisy after the last repeat
@@ -197,17 +239,22 @@ func run(args []string) error {
 		return err
 	}
 	b.mach = describeMachine()
-	progress("gwenrelay ingest bench: %d run(s) of %v (+%v warm-up) per point, clients %v, backlog %d; spool files in %s (%s)",
-		cfg.Runs, cfg.Duration, cfg.Warmup, cfg.Clients, cfg.Backlog, b.runDir, fsName)
+	progress("gwenrelay bench (ingest %v, delivery %v): %d run(s) of %v (+%v warm-up) per point, clients %v, backlog %d; spool files in %s (%s)",
+		cfg.Ingest, cfg.Drain, cfg.Runs, cfg.Duration, cfg.Warmup, cfg.Clients, cfg.Backlog, b.runDir, fsName)
 
-	if err := b.runMain(); err != nil {
-		return err
-	}
-	if cfg.Backlog > 0 {
-		if err := b.runBacklog(); err != nil {
+	if cfg.Ingest {
+		if err := b.runMain(); err != nil {
 			return err
 		}
-		b.runOpens()
+		if cfg.Backlog > 0 {
+			if err := b.runBacklog(); err != nil {
+				return err
+			}
+			b.runOpens()
+		}
+	}
+	if cfg.Drain {
+		b.runDrain()
 	}
 	report := b.report()
 	fmt.Print(report)

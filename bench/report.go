@@ -77,29 +77,60 @@ func (b *bench) report() string {
 	cfg := b.cfg
 	m := b.mach
 
-	p("# gwenrelay ingest benchmark\n\n")
+	switch {
+	case cfg.Ingest && cfg.Drain:
+		p("# gwenrelay benchmark: ingest and delivery\n\n")
+	case cfg.Drain:
+		p("# gwenrelay delivery benchmark\n\n")
+	default:
+		p("# gwenrelay ingest benchmark\n\n")
+	}
 	p("- Command: `go run ./bench%s`\n", joinArgs(cfg.Args))
 	p("- Machine: %d CPUs (%s), %s, %.1f GiB RAM; load average %s at the start, %s at the end (shared machine: expect noise)\n",
 		m.CPUs, m.CPUModel, m.Kernel, m.MemGiB, m.LoadAvg, loadAvg())
 	p("- %s, %s, commit %s; took %s\n", m.GoVersion, b.began.Format("2006-01-02 15:04 MST"), m.Commit, time.Since(b.began).Round(time.Second))
 	p("- Spool files: a fresh file per run under `%s` (%s, a real disk: every commit's fsync reaches it)\n", b.cfg.Dir, b.fs)
-	p("- Method: the relay runs in a child process built as `gwenrelay serve --insecure-no-auth` builds its ingest path (no drainer) "+
-		"(relay.NewIngest + NewServer, DefaultMapping, spool.Open with the default 24 h dedup window, so each event also writes its dedup keys); "+
-		"this process drives it over loopback with N keep-alive clients, one request in flight each, on the same %d cores. "+
-		"Bodies are %d-byte `achievement_update` events (the testdata example, padded) with a unique userId each, so none is a duplicate. "+
-		"The ceiling is the same handler path with a store whose Append keeps nothing and returns fresh ids. "+
-		"Durable and ceiling runs alternate (D C D C …); each point is the median of %d run(s) of %v after a %v warm-up that is not counted; "+
-		"a run during which other processes kept more than --max-others cores busy is repeated (up to --retries times). "+
-		"Every durable run checks that the spool gained exactly as many records as were answered 202.\n",
-		m.CPUs, eventSize, cfg.Runs, cfg.Duration, cfg.Warmup)
+	if cfg.Ingest {
+		p("- Ingest method: the relay runs in a child process built as `gwenrelay serve --insecure-no-auth` builds its ingest path (no drainer) "+
+			"(relay.NewIngest + NewServer, DefaultMapping, spool.Open with the default 24 h dedup window, so each event also writes its dedup keys); "+
+			"this process drives it over loopback with N keep-alive clients, one request in flight each, on the same %d cores. "+
+			"Bodies are %d-byte `achievement_update` events (the testdata example, padded) with a unique userId each, so none is a duplicate. "+
+			"The ceiling is the same handler path with a store whose Append keeps nothing and returns fresh ids. "+
+			"Durable and ceiling runs alternate (D C D C …); each point is the median of %d run(s) of %v after a %v warm-up that is not counted; "+
+			"a run during which other processes kept more than --max-others cores busy is repeated (up to --retries times). "+
+			"Every durable run checks that the spool gained exactly as many records as were answered 202.\n",
+			m.CPUs, eventSize, cfg.Runs, cfg.Duration, cfg.Warmup)
+	}
+	if cfg.Drain {
+		p("- Delivery method: the real gwenrelay binary drains into a fake Segment in this process (details in the delivery sections); compared runs alternate and report medians of %d run(s).\n", cfg.Runs)
+	}
 	if cfg.Dedup != serveDedupWindow {
 		p("- **Non-default dedup window**: the servers ran with --dedup-window %v (serve's default is %v): an experiment, not the shipped configuration.\n", cfg.Dedup, serveDedupWindow)
 	}
 	p("- %s\n", b.noiseLine())
 	if cfg.Quick {
-		p("- **Quick mode**: %d run(s) of %v per point and a %s-event backlog instead of 1,000,000: a smoke test, not the reference figures.\n",
-			cfg.Runs, cfg.Duration, fmtInt(int64(cfg.Backlog)))
+		p("- **Quick mode**: %d run(s) of %v per point, a %s-event backlog instead of 1,000,000 and a %v latency run: a smoke test, not the reference figures.\n",
+			cfg.Runs, cfg.Duration, fmtInt(int64(cfg.Backlog)), cfg.LatencyDuration)
 	}
+	if cfg.Ingest {
+		b.reportIngest(&w)
+	}
+	if cfg.Drain {
+		b.reportDrain(p)
+	}
+	if len(b.notes) > 0 {
+		p("\n## Notes\n\n")
+		for _, n := range b.notes {
+			p("- %s\n", n)
+		}
+	}
+	return w.String()
+}
+
+// reportIngest renders the ingest sections.
+func (b *bench) reportIngest(w *strings.Builder) {
+	p := func(format string, args ...any) { fmt.Fprintf(w, format, args...) }
+	cfg := b.cfg
 
 	p("\n## Ingest: durable spool vs in-memory ceiling\n\n")
 	p("| clients | durable ev/s | p50 | p99 | ceiling ev/s | p50 | p99 | durable/ceiling |\n")
@@ -135,7 +166,7 @@ func (b *bench) report() string {
 		b.reportBacklog(p)
 	}
 
-	p("\n## Every run\n\n")
+	p("\n## Every ingest run\n\n")
 	p("In run order within each point. Others' CPU: cores kept busy by every other process on the machine during the window " +
 		"(all of /proc/stat minus the server and the load generator); steal: taken by the hypervisor; fsync probe: 50 × (4 KiB append + fdatasync) just before the run.\n\n")
 	p("| # | what | clients | ev/s | p50 | p99 | server CPU-s / 1k ev | commits | conns | others' CPU | steal | fsync probe p50 / max | attempt |\n")
@@ -157,13 +188,6 @@ func (b *bench) report() string {
 	}
 	all(b.backlog["empty"])
 	all(b.backlog["backlog"])
-	if len(b.notes) > 0 {
-		p("\n## Notes\n\n")
-		for _, n := range b.notes {
-			p("- %s\n", n)
-		}
-	}
-	return w.String()
 }
 
 func (b *bench) reportBacklog(p func(string, ...any)) {
@@ -192,7 +216,7 @@ func (b *bench) reportBacklog(p func(string, ...any)) {
 	}
 	p("- Each backlog run gets its own copy of the cached file (copied and fsynced before the server starts: %s s), so every run starts from the same %s pending "+
 		"and the runs' own appends never accumulate. No drainer runs in these ingest measurements, so the backlog only sits there. "+
-		"The server's open reads every page of the file (bbolt rebuilds its freelist by walking the tree), so the file is in the page cache during the run.\n",
+		"The file was last closed cleanly, so the server's open reads bbolt's saved freelist instead of walking the file.\n",
 		fmtSecs(pf.CopySecs), n)
 	e, bl := summarize(b.backlog["empty"]), summarize(b.backlog["backlog"])
 	p("\n| spool at start (%d clients, durable) | ev/s | p50 | p99 | server CPU-s / 1k ev | commit p50 | commit p99 | events/commit |\n", c)
@@ -275,6 +299,13 @@ func (b *bench) noiseLine() string {
 	}
 	for _, rs := range b.backlog {
 		add(rs)
+	}
+	do, dp := b.drainNoise()
+	for i := range do {
+		others = append(others, do[i])
+		worstOthers = max(worstOthers, do[i])
+		probes = append(probes, float64(dp[i]))
+		worstProbe = max(worstProbe, dp[i])
 	}
 	if len(others) == 0 {
 		return "Noise: no runs"
