@@ -243,6 +243,7 @@ func serve(c *cli.Context) error {
 		Mapping:            func() *relay.Mapping { return ingest.Mapping() },
 		MaxInFlight:        maxInFlight(c.Int("burst")),
 		Rejections:         dlv.rejections,
+		IngestBusy:         func() bool { return ingest.Busy() },
 		Logger:             log,
 	})
 	if err != nil {

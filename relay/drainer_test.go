@@ -1493,3 +1493,44 @@ func latenessProbe() (stop func() time.Duration) {
 		return <-done
 	}
 }
+
+// TestDrainer_YieldsToIngest: while ingest reports itself busy, the drainer
+// holds to YieldRate; otherwise it goes at the full rate.
+func TestDrainer_YieldsToIngest(t *testing.T) {
+	const n, yieldRate = 1500, 1000.0
+	run := func(busy bool) time.Duration {
+		sp := openDrainSpool(t, "")
+		drainAppend(t, sp, drainTestEvents(t, n, nil))
+		fake := segmenttest.New(drainTestWriteKey)
+		defer fake.Close()
+		normal, iso := NewSegmentSenders(SegmentConfig{WriteKey: drainTestWriteKey, Endpoint: fake.URL,
+			Limiter: ratelimit.New(0, 1), FlushInterval: 20 * time.Millisecond, Logger: drainQuietLog})
+		d, err := NewDrainer(DrainerConfig{Store: sp, NewSender: normal, NewIsolationSender: iso,
+			Mapping: func() *Mapping { return DefaultMapping(drainTestVersion) }, Logger: drainQuietLog,
+			IngestBusy: func() bool { return busy }, YieldRate: yieldRate})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		start := time.Now()
+		go func() { done <- d.Run(ctx, 2*time.Second) }()
+		if !fake.WaitDelivered(n, 30*time.Second) {
+			t.Fatalf("busy=%v: delivered %d of %d", busy, len(fake.Delivered()), n)
+		}
+		took := time.Since(start)
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		return took
+	}
+	busy := run(true)
+	// The first 500 go at once (the yield's burst); the other 1,000 at
+	// 1,000/s take at least a second.
+	if min := time.Duration(float64(n-500)/yieldRate*float64(time.Second)) - 50*time.Millisecond; busy < min {
+		t.Errorf("with ingest busy, %d records were delivered in %v; at %v/s after a burst of 500 that takes at least %v", n, busy, yieldRate, min)
+	}
+	idle := run(false)
+	t.Logf("%d records: %v while ingest was busy, %v while it was idle", n, busy.Round(time.Millisecond), idle.Round(time.Millisecond))
+}

@@ -71,6 +71,7 @@ type Ingest struct {
 	maxBody   int64
 	inflight  chan struct{}
 	buffered  atomic.Int64 // bytes reserved by bodies in progress
+	lastPost  atomic.Int64 // unix nanos of the last POST /webhook
 	maxBuf    int64
 	now       func() time.Time
 	log       *slog.Logger
@@ -132,6 +133,15 @@ func (h *Ingest) SetMapping(m *Mapping) { h.mapping.Store(m) }
 // Stop makes every later request answer 503 with Retry-After; requests
 // already past the check finish normally.
 func (h *Ingest) Stop() { h.stopping.Store(true) }
+
+// busyWindow is how long after a webhook ingest still counts as busy.
+const busyWindow = 100 * time.Millisecond
+
+// Busy reports whether webhooks are being taken: one is in progress, or one
+// arrived within the last busyWindow.
+func (h *Ingest) Busy() bool {
+	return len(h.inflight) > 0 || time.Since(time.Unix(0, h.lastPost.Load())) < busyWindow
+}
 
 // StoreFailing reports whether the last commit failed (disk full, I/O
 // error) with no success since.
@@ -200,6 +210,7 @@ func (h *Ingest) handle(w http.ResponseWriter, r *http.Request) (*ingestResponse
 		w.Header().Set("Allow", http.MethodPost)
 		return nil, 0, errorf(http.StatusMethodNotAllowed, "method %s not allowed: POST a JSON event or array of events", r.Method)
 	}
+	h.lastPost.Store(time.Now().UnixNano())
 	if h.stopping.Load() {
 		// Ask the client to drop this keep-alive connection: the listener is
 		// about to close and the next request should go elsewhere.

@@ -1064,3 +1064,31 @@ func TestIngest_BufferedBytes(t *testing.T) {
 	// Released: the same request now fits.
 	wantAccepted(t, e.post(t, ingestEvent(2), nil), http.StatusAccepted, 1, 0)
 }
+
+// TestIngest_Busy: Busy is false before any webhook and true while one is in
+// progress (the drainer yields to ingest on it).
+func TestIngest_Busy(t *testing.T) {
+	bs := &blockingIngestStore{entered: make(chan struct{}, 1), release: make(chan struct{})}
+	e := newIngestEnv(t, ingestEnvConfig{store: func(sp *spool.Spool) Store {
+		bs.Spool = sp
+		return bs
+	}})
+	if e.ingest.Busy() {
+		t.Fatal("Busy before any request")
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		req, _ := http.NewRequest(http.MethodPost, e.ts.URL+"/webhook", bytes.NewReader(ingestEvent(1)))
+		req.Header.Set("Authorization", "Bearer "+ingestTestToken)
+		if resp, err := e.ts.Client().Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	<-bs.entered
+	if !e.ingest.Busy() {
+		t.Error("not Busy while a webhook is in progress")
+	}
+	close(bs.release)
+	<-done
+}

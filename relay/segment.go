@@ -77,7 +77,12 @@ func NewSegmentSenders(cfg SegmentConfig) (normal, isolation func(analytics.Call
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Base == nil {
-		cfg.Base = http.DefaultTransport.(*http.Transport).Clone()
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		// Up to MaxInFlight/batch uploads run at once; the default of two
+		// idle connections per host would open a new TLS connection to
+		// Segment for most of them.
+		t.MaxIdleConnsPerHost = 32
+		cfg.Base = t
 	}
 	transport := segmentTransport(cfg)
 	build := func(batchSize int) func(analytics.Callback) (Sender, error) {
