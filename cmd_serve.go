@@ -244,6 +244,7 @@ func serve(c *cli.Context) error {
 		MaxInFlight:        maxInFlight(c.Int("burst")),
 		Rejections:         dlv.rejections,
 		IngestBusy:         func() bool { return ingest.Busy() },
+		IngestCount:        func() int64 { return ingest.Spooled() },
 		Logger:             log,
 	})
 	if err != nil {

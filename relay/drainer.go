@@ -70,9 +70,13 @@ type DrainerConfig struct {
 	// small machine a drainer running flat out takes the CPU ingest needs.
 	IngestBusy func() bool
 	// YieldRate is the drain rate while ingest is busy (default
-	// DefaultYieldRate). It only ever lowers the configured --rate.
+	// DefaultYieldRate); it only ever lowers the configured --rate. When
+	// IngestCount is set the drainer also keeps up with what ingest takes
+	// in (a quarter above it), so yielding never lets the backlog grow.
 	YieldRate float64
-	Logger    *slog.Logger
+	// IngestCount returns how many events ingest has spooled so far.
+	IngestCount func() int64
+	Logger      *slog.Logger
 }
 
 // DefaultMaxInFlightRecords is the default bound on records being delivered.
@@ -306,6 +310,8 @@ func (d *Drainer) loop(ctx context.Context) error {
 	// yield paces claims while ingest is busy; each claim takes at most 500
 	// records, so a burst of 500 covers one claim.
 	yield := rate.NewLimiter(rate.Limit(d.cfg.YieldRate), 500)
+	var lastCount int64
+	var lastAt time.Time
 	poll := time.NewTicker(d.cfg.PollInterval)
 	defer poll.Stop()
 	for {
@@ -358,6 +364,16 @@ func (d *Drainer) loop(ctx context.Context) error {
 			continue
 		}
 		if d.cfg.IngestBusy != nil && len(claimed) > 0 && d.cfg.IngestBusy() {
+			if d.cfg.IngestCount != nil {
+				if now := time.Now(); now.Sub(lastAt) >= time.Second {
+					n := d.cfg.IngestCount()
+					if !lastAt.IsZero() {
+						in := float64(n-lastCount) / now.Sub(lastAt).Seconds()
+						yield.SetLimit(rate.Limit(max(d.cfg.YieldRate, 1.25*in)))
+					}
+					lastCount, lastAt = n, now
+				}
+			}
 			if err := yield.WaitN(ctx, min(len(claimed), yield.Burst())); err != nil {
 				return nil
 			}

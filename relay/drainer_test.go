@@ -1534,3 +1534,42 @@ func TestDrainer_YieldsToIngest(t *testing.T) {
 	idle := run(false)
 	t.Logf("%d records: %v while ingest was busy, %v while it was idle", n, busy.Round(time.Millisecond), idle.Round(time.Millisecond))
 }
+
+// TestDrainer_YieldKeepsUpWithIngest: while yielding, the drainer still goes
+// a quarter faster than ingest takes events in, so the backlog cannot grow
+// because of the yield.
+func TestDrainer_YieldKeepsUpWithIngest(t *testing.T) {
+	const n, yieldRate, ingestRate = 3000, 500.0, 4000.0
+	sp := openDrainSpool(t, "")
+	drainAppend(t, sp, drainTestEvents(t, n, nil))
+	fake := segmenttest.New(drainTestWriteKey)
+	defer fake.Close()
+	normal, iso := NewSegmentSenders(SegmentConfig{WriteKey: drainTestWriteKey, Endpoint: fake.URL,
+		Limiter: ratelimit.New(0, 1), FlushInterval: 20 * time.Millisecond, Logger: drainQuietLog})
+	start := time.Now()
+	d, err := NewDrainer(DrainerConfig{Store: sp, NewSender: normal, NewIsolationSender: iso,
+		Mapping: func() *Mapping { return DefaultMapping(drainTestVersion) }, Logger: drainQuietLog,
+		IngestBusy:  func() bool { return true },
+		IngestCount: func() int64 { return int64(time.Since(start).Seconds() * ingestRate) },
+		YieldRate:   yieldRate})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx, 2*time.Second) }()
+	if !fake.WaitDelivered(n, 30*time.Second) {
+		t.Fatalf("delivered %d of %d", len(fake.Delivered()), n)
+	}
+	took := time.Since(start)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	// At YieldRate alone the 2,500 records after the burst take 5 s; keeping
+	// up with 4,000/s of ingest (5,000/s) they take well under 2 s.
+	if slow := time.Duration(float64(n-500)/yieldRate*float64(time.Second)) * 3 / 4; took >= slow {
+		t.Errorf("%d records took %v while ingest took in %v/s: the drainer did not keep up with ingest (at the yield rate alone it takes %v)", n, took, ingestRate, time.Duration(float64(n-500)/yieldRate*float64(time.Second)))
+	}
+	t.Logf("%d records in %v", n, took.Round(time.Millisecond))
+}

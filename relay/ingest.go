@@ -72,6 +72,7 @@ type Ingest struct {
 	inflight  chan struct{}
 	buffered  atomic.Int64 // bytes reserved by bodies in progress
 	lastPost  atomic.Int64 // unix nanos of the last POST /webhook
+	spooled   atomic.Int64 // events stored so far
 	maxBuf    int64
 	now       func() time.Time
 	log       *slog.Logger
@@ -142,6 +143,9 @@ const busyWindow = 100 * time.Millisecond
 func (h *Ingest) Busy() bool {
 	return len(h.inflight) > 0 || time.Since(time.Unix(0, h.lastPost.Load())) < busyWindow
 }
+
+// Spooled returns how many events ingest has stored since it started.
+func (h *Ingest) Spooled() int64 { return h.spooled.Load() }
 
 // StoreFailing reports whether the last commit failed (disk full, I/O
 // error) with no success since.
@@ -280,6 +284,7 @@ func (h *Ingest) handle(w http.ResponseWriter, r *http.Request) (*ingestResponse
 		return nil, 0, storeError(err)
 	}
 	h.storeFailing.Store(false)
+	h.spooled.Add(int64(len(entries) - res.Duplicates))
 	if h.onSpooled != nil {
 		h.onSpooled()
 	}

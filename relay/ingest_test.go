@@ -1091,4 +1091,7 @@ func TestIngest_Busy(t *testing.T) {
 	}
 	close(bs.release)
 	<-done
+	if got := e.ingest.Spooled(); got != 1 {
+		t.Errorf("Spooled() = %d after one event, want 1", got)
+	}
 }
