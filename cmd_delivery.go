@@ -27,7 +27,7 @@ func deliveryFlags() []cli.Flag {
 		altsrc.NewFloat64Flag(&cli.Float64Flag{Name: "rate", Value: 500, Usage: "events per second sent to Segment (0: no limit)", EnvVars: envVar("rate")}),
 		altsrc.NewIntFlag(&cli.IntFlag{Name: "burst", Value: 100, Usage: "events that may go at once above the rate; also the largest batch", EnvVars: envVar("burst")}),
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "dry-run", Usage: "do not send to Segment: write each drained event as an NDJSON line to stdout or --dry-run-file, and delete it from the spool", EnvVars: envVar("dry-run")}),
-		altsrc.NewStringFlag(&cli.StringFlag{Name: "dry-run-file", Usage: "with --dry-run, append the NDJSON lines to this file instead of stdout", EnvVars: envVar("dry-run-file")}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "dry-run-file", Usage: "with --dry-run, append the NDJSON lines to this file instead of stdout (not fsynced: a dry run is for looking)", EnvVars: envVar("dry-run-file")}),
 	}
 }
 
