@@ -1499,18 +1499,7 @@ func latenessProbe() (stop func() time.Duration) {
 func TestDrainer_YieldsToIngest(t *testing.T) {
 	const n, yieldRate = 1500, 1000.0
 	run := func(busy bool) time.Duration {
-		sp := openDrainSpool(t, "")
-		drainAppend(t, sp, drainTestEvents(t, n, nil))
-		fake := segmenttest.New(drainTestWriteKey)
-		defer fake.Close()
-		normal, iso := NewSegmentSenders(SegmentConfig{WriteKey: drainTestWriteKey, Endpoint: fake.URL,
-			Limiter: ratelimit.New(0, 1), FlushInterval: 20 * time.Millisecond, Logger: drainQuietLog})
-		d, err := NewDrainer(DrainerConfig{Store: sp, NewSender: normal, NewIsolationSender: iso,
-			Mapping: func() *Mapping { return DefaultMapping(drainTestVersion) }, Logger: drainQuietLog,
-			IngestBusy: func() bool { return busy }, YieldRate: yieldRate})
-		if err != nil {
-			t.Fatal(err)
-		}
+		d, fake := yieldDrainer(t, n, DrainerConfig{IngestBusy: func() bool { return busy }, YieldRate: yieldRate})
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		start := time.Now()
@@ -1540,21 +1529,11 @@ func TestDrainer_YieldsToIngest(t *testing.T) {
 // because of the yield.
 func TestDrainer_YieldKeepsUpWithIngest(t *testing.T) {
 	const n, yieldRate, ingestRate = 3000, 500.0, 4000.0
-	sp := openDrainSpool(t, "")
-	drainAppend(t, sp, drainTestEvents(t, n, nil))
-	fake := segmenttest.New(drainTestWriteKey)
-	defer fake.Close()
-	normal, iso := NewSegmentSenders(SegmentConfig{WriteKey: drainTestWriteKey, Endpoint: fake.URL,
-		Limiter: ratelimit.New(0, 1), FlushInterval: 20 * time.Millisecond, Logger: drainQuietLog})
 	start := time.Now()
-	d, err := NewDrainer(DrainerConfig{Store: sp, NewSender: normal, NewIsolationSender: iso,
-		Mapping: func() *Mapping { return DefaultMapping(drainTestVersion) }, Logger: drainQuietLog,
+	d, fake := yieldDrainer(t, n, DrainerConfig{
 		IngestBusy:  func() bool { return true },
 		IngestCount: func() int64 { return int64(time.Since(start).Seconds() * ingestRate) },
 		YieldRate:   yieldRate})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx, 2*time.Second) }()
@@ -1572,4 +1551,24 @@ func TestDrainer_YieldKeepsUpWithIngest(t *testing.T) {
 		t.Errorf("%d records took %v while ingest took in %v/s: the drainer did not keep up with ingest (at the yield rate alone it takes %v)", n, took, ingestRate, time.Duration(float64(n-500)/yieldRate*float64(time.Second)))
 	}
 	t.Logf("%d records in %v", n, took.Round(time.Millisecond))
+}
+
+// yieldDrainer builds a drainer with cfg's yield settings over a spool of n
+// records, delivering without a rate limit to a fake Segment of its own.
+func yieldDrainer(t *testing.T, n int, cfg DrainerConfig) (*Drainer, *segmenttest.Server) {
+	t.Helper()
+	sp := openDrainSpool(t, "")
+	drainAppend(t, sp, drainTestEvents(t, n, nil))
+	fake := segmenttest.New(drainTestWriteKey)
+	t.Cleanup(fake.Close)
+	cfg.NewSender, cfg.NewIsolationSender = NewSegmentSenders(SegmentConfig{WriteKey: drainTestWriteKey, Endpoint: fake.URL,
+		Limiter: ratelimit.New(0, 1), FlushInterval: 20 * time.Millisecond, Logger: drainQuietLog})
+	cfg.Store = sp
+	cfg.Mapping = func() *Mapping { return DefaultMapping(drainTestVersion) }
+	cfg.Logger = drainQuietLog
+	d, err := NewDrainer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d, fake
 }
