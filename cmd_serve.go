@@ -190,6 +190,9 @@ func serve(c *cli.Context) error {
 	if err != nil {
 		return usagef("--spool-max-bytes %q: %v", c.String("spool-max-bytes"), err)
 	}
+	if _, _, err := net.SplitHostPort(c.String("listen")); err != nil {
+		return usagef("--listen %q: want host:port, such as :8080 or 127.0.0.1:8080", c.String("listen"))
+	}
 	auth, err := buildAuth(c)
 	if err != nil {
 		return err
@@ -211,9 +214,6 @@ func serve(c *cli.Context) error {
 		log.Warn("accepting webhooks without a credential (--insecure-no-auth)")
 	}
 
-	if _, _, err := net.SplitHostPort(c.String("listen")); err != nil {
-		return usagef("--listen %q: want host:port, such as :8080 or 127.0.0.1:8080", c.String("listen"))
-	}
 	sp, err := spool.Open(c.String("spool"), spool.Options{MaxBytes: quota, DedupWindow: c.Duration("dedup-window")})
 	if err != nil {
 		return err
