@@ -246,6 +246,7 @@ func TestServe_UsageErrors(t *testing.T) {
 		{"no dry-run", []string{"--insecure-no-auth"}, "--dry-run"},
 		{"bad size", []string{"--dry-run", "--insecure-no-auth", "--max-body", "lots"}, "--max-body"},
 		{"bad log level", []string{"--dry-run", "--insecure-no-auth", "--log-level", "loud"}, "--log-level"},
+		{"bad listen address", []string{"--dry-run", "--insecure-no-auth", "--listen", "no-port-here"}, "--listen"},
 		{"unknown flag", []string{"--bogus"}, "bogus"},
 		{"bad mapping", []string{"--dry-run", "--insecure-no-auth", "--config", badCfg}, "teleport"},
 		{"missing token file", []string{"--dry-run", "--inbound-token-file", filepath.Join(dir, "none")}, "--inbound-token-file"},
