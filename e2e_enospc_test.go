@@ -175,8 +175,15 @@ func TestENOSPC_TmpfsFull(t *testing.T) {
 	if code, body := e2eGet(t, p.URL+"/healthz", 3*time.Second); code != http.StatusOK {
 		t.Errorf("/healthz on a full disk: %d %s, want 200", code, body)
 	}
+	// Readiness follows the last commit: right after a post refused for a
+	// full disk, a load balancer must be told to send traffic elsewhere.
+	probe := e2ePost(e2eClient(), p.URL, []string{"enospc-readyz-probe"}, 1024, true, "probe")
 	code, body := e2eGet(t, p.URL+"/readyz", 3*time.Second)
-	t.Logf("/readyz on a full disk: %d %s", code, strings.TrimSpace(body))
+	t.Logf("/readyz on a full disk, after a post answered %d: %d %s", probe.Status, code, strings.TrimSpace(body))
+	if probe.Status == http.StatusServiceUnavailable && code != http.StatusServiceUnavailable {
+		t.Errorf("/readyz answered %d right after a post was refused for a full disk, want 503", code)
+	}
+	led.add(probe)
 
 	// --- stop on the full disk -----------------------------------------
 	st := p.Stop(20 * time.Second)
