@@ -375,6 +375,12 @@ func (d *Drainer) loop(ctx context.Context) error {
 				}
 			}
 			if err := yield.WaitN(ctx, min(len(claimed), yield.Burst())); err != nil {
+				// Stopping: these were claimed but never sent.
+				rs := make([]result, len(claimed))
+				for i, r := range claimed {
+					rs[i] = result{f: flight{rec: r}}
+				}
+				d.release(rs, true)
 				return nil
 			}
 		}
@@ -621,6 +627,7 @@ func (d *Drainer) settle() {
 			if err := d.cfg.Store.Ack(ids); err != nil {
 				d.log.Error("deleting delivered records; they stay pending and will be sent again", "count", len(ids), "error", err)
 				rewind = true
+				d.backoff("the spool could not delete delivered records: " + err.Error())
 			} else {
 				d.delivered.Add(int64(len(ids)))
 			}
@@ -670,6 +677,9 @@ func (d *Drainer) settle() {
 				if err := d.cfg.Store.Dead(r.f.rec.ID, r.reason); err != nil && !errors.Is(err, spool.ErrNotFound) {
 					d.log.Error("moving a record to dead letters", "id", r.f.rec.ID, "error", err)
 					stillPending = true
+					// The spool is failing (a full disk?): trying again at
+					// once would only spin.
+					d.backoff("the spool could not move a record to dead letters: " + err.Error())
 				} else if err == nil {
 					d.dead.Add(1)
 					d.log.Warn("record moved to dead letters", "id", r.f.rec.ID, "reason", r.reason)
@@ -725,6 +735,7 @@ func (d *Drainer) backoff(reason string) {
 // claim).
 func (d *Drainer) release(rs []result, rewind bool) {
 	d.mu.Lock()
+	reset := rewind
 	for _, r := range rs {
 		if d.inflightIDs[r.f.rec.ID] {
 			delete(d.inflightIDs, r.f.rec.ID)
@@ -734,9 +745,11 @@ func (d *Drainer) release(rs []result, rewind bool) {
 			}
 			if d.deferredMsg[id] {
 				delete(d.deferredMsg, id)
-				rewind = true // its twin may go now
+				reset = true // its twin may go now
 			}
 		}
+		// A record that left the spool must not be claimed from a read
+		// that began before it left; one that stays pending may be.
 		if d.reading && !rewind {
 			if d.gone == nil {
 				d.gone = map[uint64]bool{}
@@ -744,7 +757,7 @@ func (d *Drainer) release(rs []result, rewind bool) {
 			d.gone[r.f.rec.ID] = true
 		}
 	}
-	if rewind {
+	if reset {
 		d.resetCursor = true
 	}
 	d.mu.Unlock()

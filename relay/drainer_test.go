@@ -17,6 +17,8 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -1571,4 +1573,52 @@ func yieldDrainer(t *testing.T, n int, cfg DrainerConfig) (*Drainer, *segmenttes
 		t.Fatal(err)
 	}
 	return d, fake
+}
+
+// deadFailsStore reports one record unreadable and fails every Dead, as a
+// spool on a full disk does; it counts the attempts.
+type deadFailsStore struct {
+	unreadableStore
+	deads atomic.Int64
+}
+
+func (s *deadFailsStore) Dead(uint64, string) error {
+	s.deads.Add(1)
+	return fmt.Errorf("commit spool: %w", syscall.ENOSPC)
+}
+
+// TestDrainer_FailingSpoolBacksOff: when the spool cannot take a verdict
+// (here: moving an unreadable record to the dead letters on a full disk),
+// the drainer backs off instead of trying again in a tight loop.
+func TestDrainer_FailingSpoolBacksOff(t *testing.T) {
+	sp := openDrainSpool(t, "")
+	recs := drainAppend(t, sp, drainTestEvents(t, 3, nil))
+	store := &deadFailsStore{unreadableStore: unreadableStore{sp, recs[0].ID}}
+	fake := segmenttest.New(drainTestWriteKey)
+	t.Cleanup(fake.Close)
+	normal, iso := NewSegmentSenders(SegmentConfig{WriteKey: drainTestWriteKey, Endpoint: fake.URL,
+		Limiter: ratelimit.New(0, 1), FlushInterval: 20 * time.Millisecond, Logger: drainQuietLog})
+	d, err := NewDrainer(DrainerConfig{Store: store, NewSender: normal, NewIsolationSender: iso,
+		Mapping: func() *Mapping { return DefaultMapping(drainTestVersion) }, Logger: drainQuietLog,
+		BackoffBase: 100 * time.Millisecond, BackoffMax: time.Second, PollInterval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx, 2*time.Second) }()
+	if !fake.WaitDelivered(2, 10*time.Second) {
+		t.Fatalf("the two readable records were not delivered")
+	}
+	window := time.NewTimer(1500 * time.Millisecond) // the observation window, not a wait for a condition
+	<-window.C
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	// Backing off from 100 ms, doubling, allows a handful of attempts in
+	// 1.5 s; a tight loop makes tens of thousands.
+	if n := store.deads.Load(); n < 1 || n > 20 {
+		t.Errorf("%d attempts to dead-letter the record in ~1.5 s; want a few (backing off), not a tight loop", n)
+	}
 }

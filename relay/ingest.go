@@ -100,7 +100,9 @@ func NewIngest(cfg IngestConfig) *Ingest {
 	h.inflight = make(chan struct{}, n)
 	h.maxBuf = cfg.MaxBuffered
 	if h.maxBuf <= 0 {
-		h.maxBuf = DefaultMaxBuffered
+		// At least four bodies of the largest size at once, whatever
+		// --max-body is.
+		h.maxBuf = max(DefaultMaxBuffered, 4*3*h.maxBody)
 	}
 	if h.now == nil {
 		h.now = time.Now

@@ -349,7 +349,8 @@ type Stats struct {
 }
 
 // Stats reads the counters (kept in step with every commit) and the oldest
-// pending record: constant work whatever the spool holds.
+// pending record: constant work whatever the spool holds (plus one step
+// for each unreadable record at the head, until the drainer moves it aside).
 func (s *Spool) Stats() (Stats, error) {
 	s.cmu.Lock()
 	c := s.counters
