@@ -16,7 +16,6 @@ import (
 
 	"github.com/gwenrelay/gwenrelay/relay"
 	"github.com/gwenrelay/gwenrelay/relay/segmenttest"
-	"github.com/gwenrelay/gwenrelay/spool"
 )
 
 // testWriteKey is a distinctive write key for one test: unlikely to appear
@@ -343,16 +342,7 @@ func checkDryRunOutput(t *testing.T, out string, want map[string]string) {
 // checkSpoolEmpty requires the spool to hold no pending and no dead record.
 func checkSpoolEmpty(t *testing.T, path string) {
 	t.Helper()
-	sp, err := spool.Open(path, spool.Options{ReadOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sp.Close()
-	st, err := sp.Stats()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st.Pending != 0 || st.Dead != 0 {
+	if st := stoppedSpoolStats(t, path); st.Pending != 0 || st.Dead != 0 {
 		t.Errorf("after a dry run the spool holds %d pending and %d dead records, want none", st.Pending, st.Dead)
 	}
 }

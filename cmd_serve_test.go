@@ -172,18 +172,23 @@ func postEvent(t *testing.T, addr, token string) int {
 	return resp.StatusCode
 }
 
-func countPending(t *testing.T, path string) int64 {
+// stoppedSpoolStats opens the spool of a relay that has stopped, read-only,
+// checks its consistency and returns its Stats.
+func stoppedSpoolStats(t testing.TB, path string) spool.Stats {
 	t.Helper()
 	sp, err := spool.Open(path, spool.Options{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sp.Close()
+	if err := sp.Check(); err != nil {
+		t.Errorf("spool check: %v", err)
+	}
 	st, err := sp.Stats()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return st.Pending
+	return st
 }
 
 func TestServe_FlagsFromEnvironment(t *testing.T) {
@@ -303,7 +308,7 @@ func TestServe_StopKeepsAcknowledged(t *testing.T) {
 			t.Fatalf("serve exited %d after its context ended, want 0", code)
 		}
 	}()
-	if n := countPending(t, path); n != 1 {
+	if n := stoppedSpoolStats(t, path).Pending; n != 1 {
 		t.Errorf("pending after a clean stop = %d, want 1", n)
 	}
 }

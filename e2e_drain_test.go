@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/gwenrelay/gwenrelay/relay/segmenttest"
-	"github.com/gwenrelay/gwenrelay/spool"
 )
 
 // TestDrain_KillDashNine posts events to a relay that delivers them to a
@@ -171,19 +170,7 @@ func TestDrain_KillDashNine(t *testing.T) {
 		t.Errorf("the fake Segment saw protocol problems: %v", p)
 	}
 
-	sp, err := spool.Open(path, spool.Options{ReadOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sp.Close()
-	if err := sp.Check(); err != nil {
-		t.Errorf("spool check: %v", err)
-	}
-	st, err := sp.Stats()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st.Pending != 0 || st.Dead != 0 {
+	if st := stoppedSpoolStats(t, path); st.Pending != 0 || st.Dead != 0 {
 		t.Errorf("after delivering everything the spool holds %d pending and %d dead records, want 0 and 0", st.Pending, st.Dead)
 	}
 }

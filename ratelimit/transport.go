@@ -22,7 +22,8 @@ type Transport struct {
 	Base http.RoundTripper
 	// Limiter paces the requests; required.
 	Limiter *Limiter
-	// Count says how many events a request body carries; nil counts 1.
+	// Count says how many events a request body carries; nil counts 1. It
+	// is called only when the limiter has a rate or Observe is set.
 	Count func(body []byte) int
 	// Observe, when set, is told of every attempt: the events it carried, the
 	// status (0 on a transport error), the error, how long the limiter held
@@ -42,8 +43,10 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		body = b
 	}
+	// Counting scans the body: skip it when neither the limiter (no rate
+	// set) nor an observer needs the number.
 	n := 1
-	if t.Count != nil {
+	if t.Count != nil && (t.Observe != nil || t.Limiter.Burst() > 0) {
 		n = t.Count(body)
 	}
 	waited, err := t.Limiter.Wait(req.Context(), n)

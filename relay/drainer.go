@@ -83,8 +83,9 @@ type DrainerConfig struct {
 const DefaultMaxInFlightRecords = 2000
 
 // DefaultYieldRate is how fast the drainer goes while ingest is busy: five
-// times Segment's own per-workspace comfort rate, and measured to leave
-// ingest ~100% of its idle throughput on a 2-core machine.
+// times Segment's own per-workspace comfort rate; a drain held to it left
+// ingest at ~100% of its idle throughput on a 2-core machine
+// (go run ./bench --ingest=false --delivery mixed --mixed-rate 5000).
 const DefaultYieldRate = 5000
 
 // DrainStats are the drainer's counters since it started.
@@ -687,9 +688,8 @@ func (d *Drainer) settle() {
 				d.release([]result{r}, stillPending)
 			case resIsolate:
 				d.mu.Lock()
-				delete(d.inflightIDs, r.f.rec.ID)
+				// It stays in flight (ours) until its isolated send settles.
 				d.isolate = append(d.isolate, r.f.rec)
-				d.inflightIDs[r.f.rec.ID] = true // still ours until the isolated send settles
 				d.mu.Unlock()
 				d.log.Info("Segment rejected a batch; re-sending its records one a batch to find the culprit", "id", r.f.rec.ID, "reason", r.reason)
 				d.signal()

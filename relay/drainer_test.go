@@ -1376,35 +1376,17 @@ func TestDrainer_UnreadableRecord(t *testing.T) {
 	sp := openDrainSpool(t, "")
 	recs := drainAppend(t, sp, drainTestEvents(t, 5, nil))
 	bad := recs[1].ID
-	fake := segmenttest.New(drainTestWriteKey)
-	t.Cleanup(fake.Close)
-	normal, iso := NewSegmentSenders(SegmentConfig{WriteKey: drainTestWriteKey, Endpoint: fake.URL,
-		Limiter: ratelimit.New(0, 1), FlushInterval: 20 * time.Millisecond, Logger: drainQuietLog})
-	d, err := NewDrainer(DrainerConfig{Store: unreadableStore{sp, bad}, NewSender: normal, NewIsolationSender: iso,
-		Mapping: func() *Mapping { return DefaultMapping(drainTestVersion) }, PollInterval: 50 * time.Millisecond, Logger: drainQuietLog})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, fake := quickDrainer(t, DrainerConfig{Store: unreadableStore{sp, bad}, PollInterval: 50 * time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx, 2*time.Second) }()
 	if !fake.WaitDelivered(4, 10*time.Second) {
 		t.Fatalf("the 4 readable records were not delivered: %d", len(fake.Delivered()))
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		st, err := sp.Stats()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if st.Pending == 0 && st.Dead == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("spool holds %d pending, %d dead; want 0 and 1", st.Pending, st.Dead)
-		}
-		fake.WaitDelivered(5, 20*time.Millisecond) // a bounded wait between looks; 5 never arrive
-	}
+	waitFor(t, 10*time.Second, "0 pending and 1 dead record", func() bool {
+		st := spoolStats(t, sp)
+		return st.Pending == 0 && st.Dead == 1
+	})
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("Run: %v", err)
@@ -1436,26 +1418,15 @@ func TestDrainer_SharedMessageID(t *testing.T) {
 	}
 	drainAppendRaw(t, sp, entries...)
 	r := startDrain(t, sp, drainRigConfig{})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	waitFor(t, 10*time.Second, "two sends of the shared messageId and an empty spool", func() bool {
 		n := 0
 		for _, m := range r.fake.Messages() {
 			if m.MessageID == "gwenrelay-shared" {
 				n++
 			}
 		}
-		st, err := sp.Stats()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n >= 2 && st.Pending == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after 10s: %d sends of the shared messageId, %d pending; want 2 and 0", n, st.Pending)
-		}
-		r.fake.WaitDelivered(3, 20*time.Millisecond) // a bounded wait between looks
-	}
+		return n >= 2 && spoolStats(t, sp).Pending == 0
+	})
 	bodies := map[string]bool{}
 	requests := map[int]bool{}
 	for _, m := range r.fake.Messages() {
@@ -1556,16 +1527,23 @@ func TestDrainer_YieldKeepsUpWithIngest(t *testing.T) {
 }
 
 // yieldDrainer builds a drainer with cfg's yield settings over a spool of n
-// records, delivering without a rate limit to a fake Segment of its own.
+// records, as quickDrainer does.
 func yieldDrainer(t *testing.T, n int, cfg DrainerConfig) (*Drainer, *segmenttest.Server) {
 	t.Helper()
 	sp := openDrainSpool(t, "")
 	drainAppend(t, sp, drainTestEvents(t, n, nil))
+	cfg.Store = sp
+	return quickDrainer(t, cfg)
+}
+
+// quickDrainer builds a drainer from cfg (its Store and tuning) delivering
+// without a rate limit, flushing every 20 ms, to a fake Segment of its own.
+func quickDrainer(t *testing.T, cfg DrainerConfig) (*Drainer, *segmenttest.Server) {
+	t.Helper()
 	fake := segmenttest.New(drainTestWriteKey)
 	t.Cleanup(fake.Close)
 	cfg.NewSender, cfg.NewIsolationSender = NewSegmentSenders(SegmentConfig{WriteKey: drainTestWriteKey, Endpoint: fake.URL,
 		Limiter: ratelimit.New(0, 1), FlushInterval: 20 * time.Millisecond, Logger: drainQuietLog})
-	cfg.Store = sp
 	cfg.Mapping = func() *Mapping { return DefaultMapping(drainTestVersion) }
 	cfg.Logger = drainQuietLog
 	d, err := NewDrainer(cfg)
@@ -1594,16 +1572,8 @@ func TestDrainer_FailingSpoolBacksOff(t *testing.T) {
 	sp := openDrainSpool(t, "")
 	recs := drainAppend(t, sp, drainTestEvents(t, 3, nil))
 	store := &deadFailsStore{unreadableStore: unreadableStore{sp, recs[0].ID}}
-	fake := segmenttest.New(drainTestWriteKey)
-	t.Cleanup(fake.Close)
-	normal, iso := NewSegmentSenders(SegmentConfig{WriteKey: drainTestWriteKey, Endpoint: fake.URL,
-		Limiter: ratelimit.New(0, 1), FlushInterval: 20 * time.Millisecond, Logger: drainQuietLog})
-	d, err := NewDrainer(DrainerConfig{Store: store, NewSender: normal, NewIsolationSender: iso,
-		Mapping: func() *Mapping { return DefaultMapping(drainTestVersion) }, Logger: drainQuietLog,
+	d, fake := quickDrainer(t, DrainerConfig{Store: store,
 		BackoffBase: 100 * time.Millisecond, BackoffMax: time.Second, PollInterval: 50 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx, 2*time.Second) }()

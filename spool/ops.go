@@ -72,9 +72,8 @@ func (s *Spool) Append(entries []Entry) (AppendResult, error) {
 			e := &entries[i]
 			res.Duplicate[i] = false
 			if window > 0 && len(e.Key) > 0 {
-				if j, ok := seen[string(e.Key)]; ok {
-					res.Duplicate[i] = true
-					res.IDs[i] = uint64(j) // index of the first copy, fixed below
+				if _, ok := seen[string(e.Key)]; ok {
+					res.Duplicate[i] = true // its id is set below, once the first copy has one
 					res.Duplicates++
 					continue
 				}
@@ -136,11 +135,10 @@ func (s *Spool) Append(entries []Entry) (AppendResult, error) {
 				}
 			}
 		}
+		// A repeat within the call takes the id its first copy got.
 		for i := range entries {
-			if res.Duplicate[i] && seen != nil {
-				if j, ok := seen[string(entries[i].Key)]; ok && j < i && !res.Duplicate[j] {
-					res.IDs[i] = res.IDs[j]
-				}
+			if j, ok := seen[string(entries[i].Key)]; ok && j != i {
+				res.IDs[i] = res.IDs[j]
 			}
 		}
 		return nil
@@ -361,15 +359,6 @@ func (s *Spool) Stats() (Stats, error) {
 		DedupKeys: c.DedupN,
 	}
 	err := s.db.View(func(tx *bolt.Tx) error {
-		if s.opt.ReadOnly {
-			// No commit loop runs: the file's counters are the truth.
-			fc, err := decodeCounters(tx.Bucket(bucketMeta).Get(metaCounters))
-			if err != nil {
-				return err
-			}
-			st.Pending, st.Dead, st.PendingBytes, st.DeadBytes, st.DedupKeys = fc.PendingN, fc.DeadN, fc.PendingBytes, fc.DeadBytes, fc.DedupN
-			st.Bytes = fc.PendingBytes + fc.DeadBytes
-		}
 		// The oldest readable record: an unreadable one must not make the
 		// spool's size unknowable (the drainer moves it aside).
 		cur := tx.Bucket(bucketPending).Cursor()
