@@ -16,24 +16,62 @@ type counters struct {
 	PendingN, PendingBytes int64
 	DeadN, DeadBytes       int64
 	DedupN                 int64
+	// Attempts counts pending records by failed attempts, in the buckets
+	// of attemptBucket. A record is counted by the attempts field of its
+	// fixed header (histAttempts), so the ops can keep this without
+	// decoding whole records.
+	Attempts [AttemptBuckets]int64
 }
 
-const countersLen = 5 * 8
+const (
+	// countersLenV1 is the counters value written before the attempts
+	// histogram existed. Such a file is still read: the histogram is then
+	// computed by one scan of the pending bucket at open.
+	countersLenV1 = 5 * 8
+	countersLen   = countersLenV1 + AttemptBuckets*8
+)
 
 func (c counters) encode() []byte {
 	b := make([]byte, countersLen)
-	for i, v := range []int64{c.PendingN, c.PendingBytes, c.DeadN, c.DeadBytes, c.DedupN} {
+	vs := append([]int64{c.PendingN, c.PendingBytes, c.DeadN, c.DeadBytes, c.DedupN}, c.Attempts[:]...)
+	for i, v := range vs {
 		binary.BigEndian.PutUint64(b[i*8:], uint64(v))
 	}
 	return b
 }
 
-func decodeCounters(b []byte) (counters, error) {
-	if len(b) != countersLen {
-		return counters{}, fmt.Errorf("counters are %d bytes, want %d", len(b), countersLen)
+// decodeCounters reads either form of the counters value. For the older
+// form, without the histogram, Attempts is zero: hasHistogram tells the
+// caller to compute it.
+func decodeCounters(b []byte) (c counters, hasHistogram bool, err error) {
+	if len(b) != countersLen && len(b) != countersLenV1 {
+		return counters{}, false, fmt.Errorf("counters are %d bytes, want %d (or %d, before the attempts histogram)", len(b), countersLen, countersLenV1)
 	}
 	v := func(i int) int64 { return int64(binary.BigEndian.Uint64(b[i*8:])) }
-	return counters{v(0), v(1), v(2), v(3), v(4)}, nil
+	c = counters{PendingN: v(0), PendingBytes: v(1), DeadN: v(2), DeadBytes: v(3), DedupN: v(4)}
+	if len(b) == countersLenV1 {
+		return c, false, nil
+	}
+	for i := range c.Attempts {
+		c.Attempts[i] = v(5 + i)
+	}
+	return c, true, nil
+}
+
+// countPending adds n (+1 or -1) pending records stored as v to the
+// counters, histogram included.
+func (c *counters) countPending(v []byte, n int64) {
+	c.PendingN += n
+	c.PendingBytes += n * int64(len(v)+8)
+	if a, ok := histAttempts(v); ok {
+		c.Attempts[attemptBucket(a)] += n
+	}
+}
+
+// countDead adds n (+1 or -1) dead records stored as v to the counters.
+func (c *counters) countDead(v []byte, n int64) {
+	c.DeadN += n
+	c.DeadBytes += n * int64(len(v)+8)
 }
 
 // op is one unit of work for the commit loop. apply runs inside the shared

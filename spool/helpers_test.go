@@ -64,10 +64,11 @@ func reopen(t testing.TB, s *Spool, opt Options) *Spool {
 	return openAt(t, s.Path(), opt)
 }
 
-// scanCounters computes the counters from the buckets themselves, and checks
-// the invariants the counters cannot show: every record decodes, no id is
-// both pending and dead, and the dedup index and its expiry index describe
-// the same keys.
+// scanCounters computes the counters from the buckets themselves (the
+// attempts histogram from each decoded pending record), and checks the
+// invariants the counters cannot show: every record decodes, no id is both
+// pending and dead, and the dedup index and its expiry index describe the
+// same keys.
 func scanCounters(t testing.TB, s *Spool) counters {
 	t.Helper()
 	var c counters
@@ -76,16 +77,21 @@ func scanCounters(t testing.TB, s *Spool) counters {
 		for _, b := range []struct {
 			bucket *bolt.Bucket
 			n, sz  *int64
-		}{{pending, &c.PendingN, &c.PendingBytes}, {dead, &c.DeadN, &c.DeadBytes}} {
+			hist   *[AttemptBuckets]int64
+		}{{pending, &c.PendingN, &c.PendingBytes, &c.Attempts}, {dead, &c.DeadN, &c.DeadBytes, nil}} {
 			err := b.bucket.ForEach(func(k, v []byte) error {
 				if len(k) != 8 {
 					return fmt.Errorf("record key %x is not 8 bytes", k)
 				}
-				if _, err := decodeRecord(btoi(k), v); err != nil {
+				r, err := decodeRecord(btoi(k), v)
+				if err != nil {
 					return err
 				}
 				*b.n++
 				*b.sz += int64(len(v) + 8)
+				if b.hist != nil {
+					b.hist[wantAttemptBucket(r.Attempts)]++
+				}
 				return nil
 			})
 			if err != nil {
@@ -140,17 +146,40 @@ func scanCounters(t testing.TB, s *Spool) counters {
 	return c
 }
 
-// fileCounters reads the counters as committed to the meta bucket.
+// wantAttemptBucket is the Stats.Attempts bucket of n attempts, spelt out
+// rather than computed as attemptBucket does.
+func wantAttemptBucket(n uint32) int {
+	switch {
+	case n == 0:
+		return 0
+	case n == 1:
+		return 1
+	case n <= 3:
+		return 2
+	case n <= 7:
+		return 3
+	case n <= 15:
+		return 4
+	}
+	return 5
+}
+
+// fileCounters reads the counters as committed to the meta bucket, and
+// fails the test if they are still in the form without the histogram.
 func fileCounters(t testing.TB, s *Spool) counters {
 	t.Helper()
 	var c counters
+	var hasHistogram bool
 	err := s.db.View(func(tx *bolt.Tx) error {
 		var err error
-		c, err = decodeCounters(tx.Bucket(bucketMeta).Get(metaCounters))
+		c, hasHistogram, err = decodeCounters(tx.Bucket(bucketMeta).Get(metaCounters))
 		return err
 	})
 	if err != nil {
 		t.Fatalf("read counters: %v", err)
+	}
+	if !hasHistogram {
+		t.Errorf("the committed counters are in the %d-byte form, without the attempts histogram", countersLenV1)
 	}
 	return c
 }
@@ -173,7 +202,10 @@ func assertCounters(t testing.TB, s *Spool) {
 	if err != nil {
 		t.Fatalf("Stats: %v", err)
 	}
-	got := counters{st.Pending, st.PendingBytes, st.Dead, st.DeadBytes, st.DedupKeys}
+	got := counters{
+		PendingN: st.Pending, PendingBytes: st.PendingBytes, DeadN: st.Dead, DeadBytes: st.DeadBytes,
+		DedupN: st.DedupKeys, Attempts: st.Attempts,
+	}
 	if got != truth {
 		t.Errorf("Stats %+v, scan says %+v", st, truth)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"math/bits"
 	"os"
 	"syscall"
 	"time"
@@ -112,25 +113,9 @@ func (s *Spool) Append(entries []Entry) (AppendResult, error) {
 				return err
 			}
 			res.IDs[i] = id
-			c.PendingN++
-			c.PendingBytes += int64(len(encoded[i]) + 8)
-			e := &entries[i]
-			if window > 0 && len(e.Key) > 0 {
-				if old := dedup.Get(e.Key); len(old) == 16 {
-					// An expired key not yet pruned: replace it.
-					if err := exp.Delete(expKey(old[8:], e.Key)); err != nil {
-						return err
-					}
-				} else {
-					c.DedupN++
-				}
-				v := make([]byte, 16)
-				binary.BigEndian.PutUint64(v, id)
-				binary.BigEndian.PutUint64(v[8:], uint64(now.UnixNano()))
-				if err := dedup.Put(e.Key, v); err != nil {
-					return err
-				}
-				if err := exp.Put(expKey(v[8:], e.Key), nil); err != nil {
+			c.countPending(encoded[i], 1)
+			if e := &entries[i]; window > 0 && len(e.Key) > 0 {
+				if err := admit(dedup, exp, c, e.Key, id, now); err != nil {
 					return err
 				}
 			}
@@ -169,12 +154,12 @@ func (s *Spool) Ack(ids []uint64) error {
 			if v == nil {
 				continue
 			}
-			n := int64(len(v) + 8)
+			// Counted from the stored header (attempts at a fixed
+			// offset): an Ack of thousands must not decode each event.
+			c.countPending(v, -1)
 			if err := b.Delete(k); err != nil {
 				return err
 			}
-			c.PendingN--
-			c.PendingBytes -= n
 		}
 		return nil
 	}})
@@ -204,10 +189,11 @@ func (s *Spool) Fail(ids []uint64, reason string) error {
 			r.LastAttempt = now
 			r.LastError = reason
 			nv := r.encode()
+			c.countPending(v, -1)
+			c.countPending(nv, 1)
 			if err := b.Put(k, nv); err != nil {
 				return err
 			}
-			c.PendingBytes += int64(len(nv) - len(v))
 		}
 		return nil
 	}})
@@ -231,17 +217,12 @@ func (s *Spool) Dead(id uint64, reason string) error {
 			r.LastError = reason
 			nv = r.encode()
 		}
+		c.countPending(v, -1)
+		c.countDead(nv, 1)
 		if err := p.Delete(k); err != nil {
 			return err
 		}
-		if err := d.Put(k, nv); err != nil {
-			return err
-		}
-		c.PendingN--
-		c.PendingBytes -= int64(len(v) + 8)
-		c.DeadN++
-		c.DeadBytes += int64(len(nv) + 8)
-		return nil
+		return d.Put(k, nv)
 	}})
 }
 
@@ -344,6 +325,47 @@ type Stats struct {
 	DedupKeys     int64     // dedup keys remembered
 	OldestPending time.Time // receive time of the oldest pending record; zero if none
 	FileSize      int64     // size of the bbolt file on disk
+	// Attempts counts pending records by failed delivery attempts, in the
+	// buckets labelled by AttemptBucketLabel. A record too short to be
+	// read is counted in none (Pending still counts it).
+	Attempts [AttemptBuckets]int64
+}
+
+// AttemptBuckets is the number of buckets of Stats.Attempts.
+const AttemptBuckets = 6
+
+var attemptLabels = [AttemptBuckets]string{"0", "1", "2-3", "4-7", "8-15", "16+"}
+
+// AttemptBucketLabel names bucket i of Stats.Attempts: "0", "1", "2-3",
+// "4-7", "8-15", "16+"; "" outside 0..AttemptBuckets-1.
+func AttemptBucketLabel(i int) string {
+	if i < 0 || i >= AttemptBuckets {
+		return ""
+	}
+	return attemptLabels[i]
+}
+
+// attemptBucket is the Stats.Attempts bucket of a record with n failed
+// attempts: powers of two, so the last buckets separate the records that
+// keep failing from the ones that failed a few times.
+func attemptBucket(n uint32) int {
+	return min(bits.Len32(n), AttemptBuckets-1)
+}
+
+// histAttempts returns the attempts under which a stored pending value is
+// counted in the histogram: the field at its fixed offset, read without
+// decoding the rest. Only a value too short to hold the fixed header is
+// counted nowhere (false). A value that is long enough but otherwise
+// unreadable (a flipped version byte, a bad length) is counted by that
+// field all the same: records only become unreadable by damage after they
+// were counted, and a rule that depended on the rest of the bytes would
+// make the histogram drift at that moment, while this one stays exact
+// under any damage that keeps the value's length and these four bytes.
+func histAttempts(v []byte) (uint32, bool) {
+	if len(v) < recordFixed {
+		return 0, false
+	}
+	return binary.BigEndian.Uint32(v[10:14]), true
 }
 
 // Stats reads the counters (kept in step with every commit) and the oldest
@@ -356,7 +378,7 @@ func (s *Spool) Stats() (Stats, error) {
 	st := Stats{
 		Pending: c.PendingN, Dead: c.DeadN,
 		PendingBytes: c.PendingBytes, DeadBytes: c.DeadBytes, Bytes: c.PendingBytes + c.DeadBytes,
-		DedupKeys: c.DedupN,
+		DedupKeys: c.DedupN, Attempts: c.Attempts,
 	}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		// The oldest readable record: an unreadable one must not make the

@@ -121,13 +121,18 @@ func TestRecord_Encoding(t *testing.T) {
 	})
 
 	t.Run("counters", func(t *testing.T) {
-		c := counters{1, -2, 3, 1 << 40, 5}
-		got, err := decodeCounters(c.encode())
-		if err != nil || got != c {
-			t.Fatalf("counters round trip: %+v, %v", got, err)
+		c := counters{1, -2, 3, 1 << 40, 5, [AttemptBuckets]int64{6, 7, -8, 9, 1 << 50, 11}}
+		got, hist, err := decodeCounters(c.encode())
+		if err != nil || got != c || !hist {
+			t.Fatalf("counters round trip: %+v, %v, %v", got, hist, err)
 		}
-		for _, n := range []int{0, countersLen - 1, countersLen + 1} {
-			if _, err := decodeCounters(make([]byte, n)); err == nil {
+		// The form written before the histogram: read, histogram zero.
+		got, hist, err = decodeCounters(c.encode()[:countersLenV1])
+		if want := (counters{1, -2, 3, 1 << 40, 5, [AttemptBuckets]int64{}}); err != nil || got != want || hist {
+			t.Fatalf("old counters: %+v, %v, %v; want %+v without histogram", got, hist, err, want)
+		}
+		for _, n := range []int{0, countersLenV1 - 1, countersLenV1 + 1, countersLen - 1, countersLen + 1} {
+			if _, _, err := decodeCounters(make([]byte, n)); err == nil {
 				t.Fatalf("%d-byte counters accepted", n)
 			}
 		}

@@ -5,7 +5,9 @@
 // fsynced, so an acknowledgement given after Append survives a crash, a kill
 // or a power cut. Append is all-or-nothing per call. Records are read oldest
 // first and leave the pending bucket only through Ack (delivered) or Dead
-// (moved to the dead-letter bucket with its error).
+// (moved to the dead-letter bucket with its error), or by an operator's
+// Delete; Retry moves dead letters back under their old ids. Scan, Import
+// and Compact serve export, import and offline compaction.
 //
 // Every write goes through one commit loop that takes whatever is queued,
 // applies it in one bbolt transaction and fsyncs once. An idle spool commits
@@ -23,6 +25,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -131,14 +135,15 @@ func Open(path string, opt Options) (*Spool, error) {
 	if err := checkLength(path); err != nil {
 		return nil, err
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{
+	db, err := openBolt(path, &bolt.Options{
 		Timeout:  opt.LockTimeout,
 		ReadOnly: opt.ReadOnly,
 		// A persisted freelist is rewritten on every commit; with a large
 		// backlog being drained that costs megabytes per commit. bbolt
 		// rebuilds it by scanning at open instead.
-		NoFreelistSync: true,
-		FreelistType:   bolt.FreelistMapType,
+		NoFreelistSync:  true,
+		FreelistType:    bolt.FreelistMapType,
+		InitialMmapSize: initialMmapSize,
 	})
 	if err != nil {
 		return nil, openError(path, err)
@@ -155,6 +160,72 @@ func Open(path string, opt Options) (*Spool, error) {
 	}
 	return s, nil
 }
+
+// initialMmapSize is how much of the file bbolt maps up front. When the file
+// outgrows its mapping bbolt remaps it, and for that it takes its mmap lock
+// exclusively, which waits for every open read transaction to end: one long
+// read (Scan exporting a large spool from a live daemon) would stop every
+// commit that grows the file, and so ingest. bbolt's Options.InitialMmapSize
+// doc: "Read transactions won't block write transaction if the
+// InitialMmapSize is large enough to hold database mmap size." 8 GiB is
+// address space, not memory: pages are read in only as they are touched,
+// and the file itself is not grown to it. It does change how the file
+// grows: bbolt extends it in steps of 16 MiB (its AllocSize) once the
+// mapping is larger than that, so even a small spool's file is now 16 MiB
+// long from its first commit (the unwritten tail is a hole, taking no disk
+// space). Beyond 8 GiB bbolt remaps as before. Left at bbolt's default on
+// 32-bit (too little address space) and on Windows (where bbolt grows the
+// file to the mapping).
+var initialMmapSize = func() int {
+	if strconv.IntSize < 64 || runtime.GOOS == "windows" {
+		return 0
+	}
+	n := uint64(8) // a variable, so that the 32-bit build compiles
+	return int(n << 30)
+}()
+
+// openBolt opens path with bbolt and makes sure the file it locked is still
+// the one at path. Compact replaces the file by renaming a copy over it
+// while it holds the lock; an Open that was waiting for that lock meanwhile
+// would get it on the old, unlinked file and run on it, and everything it
+// accepted would vanish with it. So the file opened is compared with the
+// file at path once the lock is held, and a replaced one is opened again.
+func openBolt(path string, o *bolt.Options) (*bolt.DB, error) {
+	for attempt := 1; ; attempt++ {
+		var f *os.File
+		o.OpenFile = func(name string, flag int, perm os.FileMode) (*os.File, error) {
+			var err error
+			f, err = os.OpenFile(name, flag, perm)
+			if err == nil && openedHook != nil {
+				openedHook(name)
+			}
+			return f, err
+		}
+		db, err := bolt.Open(path, 0o600, o)
+		if err != nil {
+			return nil, err
+		}
+		held, err := f.Stat()
+		if err != nil {
+			_ = db.Close()
+			return nil, err
+		}
+		cur, err := os.Stat(path)
+		if err != nil || os.SameFile(held, cur) {
+			// A file removed meanwhile is left to the caller as before: there
+			// is nothing newer to open instead.
+			return db, nil
+		}
+		_ = db.Close()
+		if attempt == 3 {
+			return nil, errors.New("the file was replaced (compacted) each time it was opened; try again")
+		}
+	}
+}
+
+// openedHook, when set by a test, is called once openBolt has opened the
+// file and before bbolt waits for its lock.
+var openedHook func(path string)
 
 func openError(path string, err error) error {
 	switch {
@@ -242,39 +313,25 @@ func checkLength(path string) error {
 // init checks the format of an existing file, or lays out a new one. It
 // reads before it writes, so a foreign or newer file is never modified.
 func (s *Spool) init() error {
-	fresh := false
+	var fresh, hasHistogram bool
 	err := s.db.View(func(tx *bolt.Tx) error {
-		meta := tx.Bucket(bucketMeta)
-		if meta == nil {
-			empty := true
-			_ = tx.ForEach(func([]byte, *bolt.Bucket) error { empty = false; return nil })
-			if !empty {
-				return fmt.Errorf("spool %s is a bbolt file but not a gwenrelay spool (no meta bucket); it was left untouched: check --spool", s.path)
-			}
-			fresh = true
-			return nil
-		}
-		f := meta.Get(metaFormat)
-		if len(f) != 1 {
-			return fmt.Errorf("spool %s has no readable format version; it was left untouched for inspection", s.path)
-		}
-		if f[0] != FormatVersion {
-			return fmt.Errorf("spool %s has format version %d; this gwenrelay reads version %d: use the gwenrelay that wrote it, or move the file aside", s.path, f[0], FormatVersion)
-		}
-		for _, b := range [][]byte{bucketPending, bucketDead, bucketDedup, bucketDedupExp} {
-			if tx.Bucket(b) == nil {
-				return fmt.Errorf("spool %s is damaged: bucket %q is missing; it was left untouched for inspection", s.path, b)
-			}
-		}
-		c, err := decodeCounters(meta.Get(metaCounters))
-		if err != nil {
-			return fmt.Errorf("spool %s is damaged: %v; it was left untouched for inspection", s.path, err)
-		}
-		s.counters = c
-		return nil
-	})
-	if err != nil || !fresh {
+		var err error
+		s.counters, fresh, hasHistogram, err = readMeta(tx, s.path)
 		return err
+	})
+	if err != nil {
+		return err
+	}
+	if !fresh {
+		if hasHistogram || s.opt.ReadOnly {
+			return nil // a read-only spool keeps the computed histogram in memory
+		}
+		// Counters of the older form, without the attempts histogram (it
+		// was computed above): written in the new form at once, so the scan
+		// is paid once and the next commit finds them current.
+		return s.db.Update(func(tx *bolt.Tx) error {
+			return tx.Bucket(bucketMeta).Put(metaCounters, s.counters.encode())
+		})
 	}
 	if s.opt.ReadOnly {
 		return fmt.Errorf("spool %s is empty (not yet initialised by gwenrelay serve)", s.path)
@@ -291,6 +348,48 @@ func (s *Spool) init() error {
 		}
 		return meta.Put(metaCounters, counters{}.encode())
 	})
+}
+
+// readMeta checks that tx holds a spool this build can read and returns its
+// counters. fresh is set for an empty bbolt file (no buckets at all), which
+// Open lays out. When the counters are of the older form hasHistogram is
+// false and their histogram has been computed here by one scan of the
+// pending bucket.
+func readMeta(tx *bolt.Tx, path string) (c counters, fresh, hasHistogram bool, err error) {
+	meta := tx.Bucket(bucketMeta)
+	if meta == nil {
+		empty := true
+		_ = tx.ForEach(func([]byte, *bolt.Bucket) error { empty = false; return nil })
+		if !empty {
+			return c, false, false, fmt.Errorf("spool %s is a bbolt file but not a gwenrelay spool (no meta bucket); it was left untouched: check --spool", path)
+		}
+		return c, true, false, nil
+	}
+	f := meta.Get(metaFormat)
+	if len(f) != 1 {
+		return c, false, false, fmt.Errorf("spool %s has no readable format version; it was left untouched for inspection", path)
+	}
+	if f[0] != FormatVersion {
+		return c, false, false, fmt.Errorf("spool %s has format version %d; this gwenrelay reads version %d: use the gwenrelay that wrote it, or move the file aside", path, f[0], FormatVersion)
+	}
+	for _, b := range [][]byte{bucketPending, bucketDead, bucketDedup, bucketDedupExp} {
+		if tx.Bucket(b) == nil {
+			return c, false, false, fmt.Errorf("spool %s is damaged: bucket %q is missing; it was left untouched for inspection", path, b)
+		}
+	}
+	c, hasHistogram, err = decodeCounters(meta.Get(metaCounters))
+	if err != nil {
+		return c, false, false, fmt.Errorf("spool %s is damaged: %v; it was left untouched for inspection", path, err)
+	}
+	if !hasHistogram {
+		err = tx.Bucket(bucketPending).ForEach(func(_, v []byte) error {
+			if a, ok := histAttempts(v); ok {
+				c.Attempts[attemptBucket(a)]++
+			}
+			return nil
+		})
+	}
+	return c, false, hasHistogram, err
 }
 
 // Path returns the file the spool was opened from.
