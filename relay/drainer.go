@@ -222,6 +222,16 @@ func (d *Drainer) Notify() {
 	}
 }
 
+// Rewind makes the drainer read again from the oldest pending record: the
+// admin API calls it after moving dead records back to pending, under their
+// old ids, behind the drainer's read position.
+func (d *Drainer) Rewind() {
+	d.mu.Lock()
+	d.resetCursor = true
+	d.mu.Unlock()
+	d.Notify()
+}
+
 // Stats returns the drainer's counters.
 func (d *Drainer) Stats() DrainStats {
 	d.mu.Lock()
@@ -464,6 +474,12 @@ func (d *Drainer) send(r spool.Record, isolated bool) {
 
 // message turns a record into the Segment call it is delivered as.
 func (d *Drainer) message(r spool.Record) (analytics.Message, error) {
+	return recordMessage(r, d.cfg.Mapping())
+}
+
+// recordMessage turns a record into the Segment call it is delivered as
+// under mapping m.
+func recordMessage(r spool.Record, m *Mapping) (analytics.Message, error) {
 	if r.Unreadable != "" {
 		return nil, fmt.Errorf("the stored record is unreadable: %s", r.Unreadable)
 	}
@@ -473,7 +489,7 @@ func (d *Drainer) message(r spool.Record) (analytics.Message, error) {
 		if err != nil {
 			return nil, err
 		}
-		return d.cfg.Mapping().Map(ev, r.ReceivedAt, r.MessageID)
+		return m.Map(ev, r.ReceivedAt, r.MessageID)
 	}
 	return nil, fmt.Errorf("record kind %d is not known to this gwenrelay", r.Kind)
 }
