@@ -50,6 +50,7 @@ func serveFlags() []cli.Flag {
 		&cli.StringFlag{Name: "config", Usage: "YAML file with flag values (keys are flag names) and a mapping: section", EnvVars: envVar("config")},
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "listen", Value: ":8080", Usage: "address for webhooks, /healthz and /readyz", EnvVars: envVar("listen")}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "spool", Value: defaultSpoolPath(), Usage: "spool file", EnvVars: envVar("spool")}),
+		altsrc.NewStringFlag(adminSocketFlag()),
 		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "inbound-token", Usage: "accepted sender token (repeat for rotation); prefer --inbound-token-file", EnvVars: envVar("inbound-token")}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "inbound-token-file", Usage: "file with accepted sender tokens, one a line", EnvVars: envVar("inbound-token-file")}),
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "insecure-no-auth", Usage: "accept webhooks without a credential (trusted networks only)", EnvVars: envVar("insecure-no-auth")}),
@@ -254,6 +255,12 @@ func serve(c *cli.Context) error {
 	}
 	ingest = relay.NewIngest(relay.IngestConfig{Store: sp, Auth: auth, Mapping: mapping, MaxBody: maxBody, Logger: log, OnSpooled: drainer.Notify})
 	srv := relay.NewServer(ingest)
+	adminLn, err := listenAdmin(c, log)
+	if err != nil {
+		ln.Close()
+		closeSpool()
+		return err
+	}
 	log.Info("delivery", dlv.describe...)
 	log.Info("listening", "addr", ln.Addr().String(), "version", buildVersion())
 
@@ -264,6 +271,21 @@ func serve(c *cli.Context) error {
 	drainCtx, stopDrain := context.WithCancel(context.Background())
 	drainDone := make(chan error, 1)
 	go func() { drainDone <- drainer.Run(drainCtx, drainTimeout) }()
+	adminCtx, stopAdmin := context.WithCancel(context.Background())
+	adminDone := make(chan struct{})
+	go func() {
+		defer close(adminDone)
+		if adminLn == nil {
+			return
+		}
+		in := relay.NewInspector(relay.InspectorConfig{
+			Store: sp, Mapping: func() *relay.Mapping { return ingest.Mapping() },
+			Delivery: drainer.Stats, Retried: drainer.Rewind,
+		})
+		if err := relay.ServeAdmin(adminCtx, adminLn, relay.AdminHandler(in, log), log); err != nil {
+			log.Error("admin socket stopped", "path", adminLn.Path(), "error", err)
+		}
+	}()
 	pruneCtx, stopPrune := context.WithCancel(context.Background())
 	pruneDone := make(chan struct{})
 	go func() {
@@ -298,6 +320,13 @@ func serve(c *cli.Context) error {
 		}
 	}
 	<-pruneDone
+	// The admin API goes last but one: an operator can look at the spool
+	// while the rest stops, and nothing touches it after it is closed.
+	stopAdmin()
+	<-adminDone
+	if adminLn != nil {
+		adminLn.Close()
+	}
 	if err := sp.Close(); err != nil && runErr == nil {
 		runErr = fmt.Errorf("close spool: %w", err)
 	}
@@ -305,4 +334,25 @@ func serve(c *cli.Context) error {
 		log.Info("stopped cleanly")
 	}
 	return runErr
+}
+
+// listenAdmin binds the admin socket. One that was asked for (by flag,
+// environment or config) must work; the default is skipped with a warning
+// where it cannot be made (a run outside systemd, without /run/gwenrelay).
+func listenAdmin(c *cli.Context, log *slog.Logger) (*relay.AdminSocket, error) {
+	path := c.String("admin-socket")
+	if path == "" {
+		log.Info("no admin socket (--admin-socket is empty); spool commands need the service stopped")
+		return nil, nil
+	}
+	ln, err := relay.ListenAdminSocket(path)
+	if err != nil {
+		if !c.IsSet("admin-socket") {
+			log.Warn("no admin socket; spool commands need the service stopped (set --admin-socket to a writable path)", "error", err)
+			return nil, nil
+		}
+		return nil, err
+	}
+	log.Info("admin socket", "path", ln.Path())
+	return ln, nil
 }

@@ -58,6 +58,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		},
 		Commands: []*cli.Command{
 			serveCommand(),
+			spoolCommand(),
 			{
 				Name:  "version",
 				Usage: "print the version",
