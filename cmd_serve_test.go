@@ -142,7 +142,7 @@ func unsetEnv(t *testing.T, name string) {
 func clearServeEnv(t *testing.T) {
 	t.Helper()
 	names := []string{"GWENRELAY_WRITE_KEY", "GWENRELAY_WRITE_KEY_FILE", "GWENRELAY_DRY_RUN", "GWENRELAY_DRY_RUN_FILE",
-		"CREDENTIALS_DIRECTORY", "STATE_DIRECTORY", "JOURNAL_STREAM"}
+		"CREDENTIALS_DIRECTORY", "STATE_DIRECTORY", "RUNTIME_DIRECTORY", "JOURNAL_STREAM"}
 	for _, f := range serveFlags() {
 		if df, ok := f.(cli.DocGenerationFlag); ok {
 			names = append(names, df.GetEnvVars()...)

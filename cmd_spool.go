@@ -327,6 +327,10 @@ func spoolLs(c *cli.Context) error {
 				return err
 			}
 		}
+		if n == 0 && tw != nil {
+			w.Flush()
+			fmt.Fprintf(c.App.ErrWriter, "(no %s records match)\n", map[bool]string{false: "pending", true: "dead-letter"}[q.Dead])
+		}
 		if q.Limit > 0 && n == q.Limit {
 			w.Flush()
 			fmt.Fprintf(c.App.ErrWriter, "(first %d shown; next page: --after %d)\n", n, last)

@@ -62,7 +62,7 @@ func (t *recordTable) add(v relay.RecordView) {
 		typ, lastErr = "?", "unreadable: "+v.Unreadable
 	}
 	fmt.Fprintf(t.tw, "%d\t%s\t%s\t%s\t%d\t%s\n", v.ID, formatAge(t.now.Sub(v.ReceivedAt)),
-		cell(typ, 32), cell(user, 32), v.Attempts, cell(lastErr, 80))
+		cell(typ, 32), cell(user, 40), v.Attempts, cell(lastErr, 80))
 }
 
 func (t *recordTable) flush() error { return t.tw.Flush() }

@@ -105,14 +105,21 @@ func (c *AdminClient) do(ctx context.Context, method, path string, body any) (*h
 		if json.Unmarshal(b, &e) != nil || e.Error == "" {
 			e.Error = strings.TrimSpace(string(b))
 		}
-		err := fmt.Errorf("gwenrelay at %s: %s", c.socket, e.Error)
-		if resp.StatusCode == http.StatusNotFound {
-			err = fmt.Errorf("%w (%w)", err, spool.ErrNotFound)
-		}
-		return nil, err
+		return nil, &remoteError{msg: fmt.Sprintf("gwenrelay at %s: %s", c.socket, e.Error), notFound: resp.StatusCode == http.StatusNotFound}
 	}
 	return resp, nil
 }
+
+// remoteError is the daemon's answer to a request it refused.
+type remoteError struct {
+	msg      string
+	notFound bool
+}
+
+func (e *remoteError) Error() string { return e.msg }
+
+// Is makes a 404 match spool.ErrNotFound, as the Inspector's error does.
+func (e *remoteError) Is(target error) bool { return e.notFound && target == spool.ErrNotFound }
 
 func (c *AdminClient) getJSON(ctx context.Context, method, path string, body, out any) error {
 	resp, err := c.do(ctx, method, path, body)
