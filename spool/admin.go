@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -40,10 +39,10 @@ func (s State) bucket() ([]byte, error) {
 	return nil, fmt.Errorf("spool: unknown record state %d", uint8(s))
 }
 
-// whereChunk is how many records one op of RetryWhere or DeleteWhere looks
-// at. Their match runs inside the shared write transaction, so the chunk
-// bounds how long the commit loop (and so every Append) waits behind them.
-const whereChunk = 5000
+// whereChunk is how many ids one op of RetryWhere or DeleteWhere carries:
+// it bounds how long the commit loop (and so every Append) waits behind one
+// of their commits.
+const whereChunk = 1000
 
 // errUnchanged is the rejection of an admin op that found nothing to write,
 // so that a group of only such ops is rolled back instead of fsynced.
@@ -57,32 +56,26 @@ func (s *Spool) submitAdmin(o *op) error {
 	return nil
 }
 
-// Scan calls fn for each record of the given state with id > after, in id
-// order, until fn returns false or an error (which Scan returns). All of it
-// runs in one read transaction, so fn sees one consistent snapshot (for an
-// export) while commits go on beside it; records do not alias the file.
-// Unreadable records are passed with only ID and Unreadable set.
-func (s *Spool) Scan(state State, after uint64, fn func(Record) (bool, error)) error {
-	name, err := state.bucket()
-	if err != nil {
-		return err
-	}
-	if after == math.MaxUint64 {
-		return nil
+// Scan calls fn for the records of each of states in turn, in the order
+// given: for each state, the records with id > after, in id order. It stops
+// at the first false or error from fn (and returns that error). All of it
+// runs in one read transaction, so fn sees one consistent snapshot across
+// the states (for an export: a record retried or killed meanwhile is seen
+// exactly once) while commits go on beside it; records do not alias the
+// file. Unreadable records are passed with only ID and Unreadable set.
+func (s *Spool) Scan(states []State, after uint64, fn func(State, Record) (bool, error)) error {
+	names := make([][]byte, len(states))
+	for i, st := range states {
+		var err error
+		if names[i], err = st.bucket(); err != nil {
+			return err
+		}
 	}
 	return s.db.View(func(tx *bolt.Tx) error {
-		cur := tx.Bucket(name).Cursor()
-		for k, v := cur.Seek(itob(after + 1)); k != nil; k, v = cur.Next() {
-			r, err := decodeRecord(btoi(k), v)
-			if err != nil {
-				r = Record{ID: btoi(k), Unreadable: err.Error()}
-			}
-			more, err := fn(r)
-			if err != nil {
+		for i, st := range states {
+			more, err := scanBucket(tx.Bucket(names[i]), after, func(r Record) (bool, error) { return fn(st, r) })
+			if err != nil || !more {
 				return err
-			}
-			if !more {
-				return nil
 			}
 		}
 		return nil
@@ -91,15 +84,19 @@ func (s *Spool) Scan(state State, after uint64, fn func(Record) (bool, error)) e
 
 // retryOne moves the dead record stored as v under k back to pending,
 // unchanged: its attempts and last error stay as history, and its id puts
-// it back in its original place in the FIFO order.
-func retryOne(p, d *bolt.Bucket, c *counters, k, v []byte) error {
+// it back in its original place in the FIFO order. Unreadable records are
+// not moved (the drainer would only move them back): false.
+func retryOne(tx *bolt.Tx, c *counters, k, v []byte) (bool, error) {
+	if !readable(btoi(k), v) {
+		return false, nil
+	}
 	v = append([]byte(nil), v...) // v belongs to the dead bucket's page
 	c.countDead(v, -1)
 	c.countPending(v, 1)
-	if err := d.Delete(k); err != nil {
-		return err
+	if err := tx.Bucket(bucketDead).Delete(k); err != nil {
+		return false, err
 	}
-	return p.Put(k, v)
+	return true, tx.Bucket(bucketPending).Put(k, v)
 }
 
 // Retry moves dead records back to pending under the same id, so they go
@@ -108,25 +105,41 @@ func retryOne(p, d *bolt.Bucket, c *counters, k, v []byte) error {
 // and dead records that are unreadable (moving them would only make the
 // drainer move them back). One commit.
 func (s *Spool) Retry(ids []uint64) (moved int, missing []uint64, err error) {
+	return s.byID(StateDead, ids, retryOne)
+}
+
+// byID applies act, in one commit, to each of ids that is in the bucket of
+// state at that moment, and returns how many act changed and the ids it did
+// not (absent, or refused by act). A commit that changes nothing is rolled
+// back.
+func (s *Spool) byID(state State, ids []uint64, act func(tx *bolt.Tx, c *counters, k, v []byte) (bool, error)) (changed int, missing []uint64, err error) {
+	name, err := state.bucket()
+	if err != nil {
+		return 0, nil, err
+	}
 	if len(ids) == 0 {
 		return 0, nil, nil
 	}
 	err = s.submitAdmin(&op{entries: len(ids), apply: func(tx *bolt.Tx, c *counters, _ time.Time) error {
-		moved, missing = 0, nil
-		p, d := tx.Bucket(bucketPending), tx.Bucket(bucketDead)
+		changed, missing = 0, nil
+		b := tx.Bucket(name)
 		for _, id := range ids {
 			k := itob(id)
-			v := d.Get(k)
-			if v == nil || !readable(id, v) {
+			v := b.Get(k)
+			ok := false
+			if v != nil {
+				var err error
+				if ok, err = act(tx, c, k, v); err != nil {
+					return err
+				}
+			}
+			if !ok {
 				missing = append(missing, id)
 				continue
 			}
-			if err := retryOne(p, d, c, k, v); err != nil {
-				return err
-			}
-			moved++
+			changed++
 		}
-		if moved == 0 {
+		if changed == 0 {
 			return reject(errUnchanged)
 		}
 		return nil
@@ -134,122 +147,102 @@ func (s *Spool) Retry(ids []uint64) (moved int, missing []uint64, err error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	return moved, missing, nil
-}
-
-func readable(id uint64, v []byte) bool {
-	_, err := decodeRecord(id, v)
-	return err == nil
+	return changed, missing, nil
 }
 
 // RetryWhere moves every dead record for which match returns true back to
-// pending, as Retry does, and returns how many moved. It works in chunks of
-// at most whereChunk records looked at, each its own commit, so ingest goes
-// on between them; records that die meanwhile with higher ids are reached
-// too. match==nil matches all. Unreadable records are passed to match
-// (Record.Unreadable set) but stay dead. match runs inside the commit loop:
-// it must be quick and must not call the spool.
+// pending, as Retry does, and returns how many moved. match==nil matches
+// all. Unreadable records are passed to match (Record.Unreadable set) but
+// stay dead.
+//
+// match is called on the caller's goroutine, within one read transaction
+// over the dead letters as they were when RetryWhere started (records that
+// die later are not looked at), before anything is written: it may take its
+// time (parse each event) without holding up ingest, but it must not wait
+// for a write to this spool. A panic in match is returned as an error, with
+// nothing moved. The matching ids are then moved in commits of whereChunk
+// ids, so ingest goes on between them; an id that is no longer dead by then
+// (retried or deleted meanwhile) is left alone.
 func (s *Spool) RetryWhere(match func(Record) bool) (int, error) {
-	return s.where(bucketDead, match, func(tx *bolt.Tx, c *counters, k, v []byte, r Record) (bool, error) {
-		if r.Unreadable != "" {
-			return false, nil
-		}
-		return true, retryOne(tx.Bucket(bucketPending), tx.Bucket(bucketDead), c, k, v)
-	})
+	ids, err := s.matching(StateDead, match)
+	if err != nil {
+		return 0, err
+	}
+	return s.inChunks(StateDead, ids, retryOne)
 }
 
 // DeleteWhere removes the records of the given state for which match
-// returns true (unreadable ones are passed too and may be removed), in
-// chunks like RetryWhere, and returns how many it removed. match==nil
-// matches all. match runs inside the commit loop: it must be quick and must
-// not call the spool.
+// returns true (unreadable ones are passed too and may be removed), and
+// returns how many it removed. match==nil matches all. match runs as for
+// RetryWhere: on the caller's goroutine in one read transaction, before
+// anything is written. The ids are then deleted in commits of whereChunk,
+// each id only if it is still in the bucket of state: a dead letter retried
+// into pending meanwhile is not deleted from there.
 func (s *Spool) DeleteWhere(state State, match func(Record) bool) (int, error) {
+	ids, err := s.matching(state, match)
+	if err != nil {
+		return 0, err
+	}
+	return s.deleteIDs(state, ids)
+}
+
+// deleteIDs deletes those of ids that are in the bucket of state when their
+// chunk commits, and returns how many it deleted.
+func (s *Spool) deleteIDs(state State, ids []uint64) (int, error) {
 	name, err := state.bucket()
 	if err != nil {
 		return 0, err
 	}
-	return s.where(name, match, func(tx *bolt.Tx, c *counters, k, v []byte, _ Record) (bool, error) {
+	return s.inChunks(state, ids, func(tx *bolt.Tx, c *counters, k, v []byte) (bool, error) {
 		return true, deleteOne(tx.Bucket(name), name, c, k, v)
 	})
 }
 
-// where runs act on each record of bucket that match accepts, whereChunk
-// records looked at per op, from the lowest id to the end of the bucket.
-// act reports whether it changed the record. Decisions are made for a whole
-// chunk before anything is written, so the cursor never walks a bucket it
-// is changing.
-func (s *Spool) where(bucket []byte, match func(Record) bool, act func(tx *bolt.Tx, c *counters, k, v []byte, r Record) (bool, error)) (int, error) {
+// matching returns, in id order, the ids of the records of state that match
+// accepts (all of them for nil), from one read transaction. Unreadable
+// records are passed to match with Record.Unreadable set.
+func (s *Spool) matching(state State, match func(Record) bool) ([]uint64, error) {
+	var ids []uint64
+	err := s.Scan([]State{state}, 0, func(_ State, r Record) (bool, error) {
+		ok, err := safeMatch(match, r)
+		if ok {
+			ids = append(ids, r.ID)
+		}
+		return err == nil, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return ids, nil
+}
+
+// inChunks runs byID over ids, whereChunk at a time, and returns how many
+// act changed in all. On an error it returns the count of the chunks
+// committed before it.
+func (s *Spool) inChunks(state State, ids []uint64, act func(tx *bolt.Tx, c *counters, k, v []byte) (bool, error)) (int, error) {
 	total := 0
-	next := uint64(1) // the lowest id not yet looked at
-	for {
-		changed, done := 0, false
-		var last uint64
-		err := s.submitAdmin(&op{entries: whereChunk, apply: func(tx *bolt.Tx, c *counters, _ time.Time) error {
-			changed, done, last = 0, false, 0
-			type hit struct {
-				k []byte
-				r Record
-			}
-			var hits []hit
-			cur := tx.Bucket(bucket).Cursor()
-			seen := 0
-			k, v := cur.Seek(itob(next))
-			for ; k != nil && seen < whereChunk; k, v = cur.Next() {
-				seen++
-				id := btoi(k)
-				last = id
-				r, err := decodeRecord(id, v)
-				if err != nil {
-					r = Record{ID: id, Unreadable: err.Error()}
-				}
-				ok, err := safeMatch(match, r)
-				if err != nil {
-					return reject(err) // nothing written yet
-				}
-				if ok {
-					hits = append(hits, hit{append([]byte(nil), k...), r})
-				}
-			}
-			done = k == nil || last == math.MaxUint64
-			b := tx.Bucket(bucket)
-			for _, h := range hits {
-				v := b.Get(h.k)
-				if v == nil {
-					continue
-				}
-				ok, err := act(tx, c, h.k, v, h.r)
-				if err != nil {
-					return err
-				}
-				if ok {
-					changed++
-				}
-			}
-			if changed == 0 {
-				return reject(errUnchanged)
-			}
-			return nil
-		}})
+	for len(ids) > 0 {
+		n := min(len(ids), whereChunk)
+		changed, _, err := s.byID(state, ids[:n], act)
 		if err != nil {
 			return total, err
 		}
 		total += changed
-		if done {
-			return total, nil
-		}
-		next = last + 1
+		ids = ids[n:]
 	}
+	return total, nil
 }
 
-// safeMatch calls match, turning a panic into an error: it runs on the
-// commit loop's goroutine, where a panic would take the whole process down.
+// safeMatch calls match, turning a panic into an error: match is given by
+// the caller (a filter over arbitrary stored JSON, run for the admin API),
+// and one bad record must not take the whole daemon down.
 func safeMatch(match func(Record) bool, r Record) (ok bool, err error) {
 	if match == nil {
 		return true, nil
 	}
 	defer func() {
 		if p := recover(); p != nil {
-			err = fmt.Errorf("match panicked on record %d: %v", r.ID, p)
+			ok, err = false, fmt.Errorf("match panicked on record %d: %v", r.ID, p)
 		}
 	}()
 	return match(r), nil
@@ -363,9 +356,7 @@ func (s *Spool) Import(state State, recs []Record) (ImportResult, error) {
 			dup := false
 			if keyed {
 				// The index also holds the keys stored earlier in this call.
-				if v := dedup.Get(r.Key); len(v) == 16 && now.Sub(time.Unix(0, int64(binary.BigEndian.Uint64(v[8:])))) < window {
-					dup = true
-				}
+				_, dup = seenWithin(dedup, r.Key, now, window)
 			}
 			if !dup && r.ID != 0 {
 				k := itob(r.ID)

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -24,7 +23,10 @@ import (
 func scanAll(t testing.TB, s *Spool, state State) []Record {
 	t.Helper()
 	var out []Record
-	err := s.Scan(state, 0, func(r Record) (bool, error) {
+	err := s.Scan([]State{state}, 0, func(st State, r Record) (bool, error) {
+		if st != state {
+			return false, fmt.Errorf("Scan of %v passed a record as %v", state, st)
+		}
 		out = append(out, r)
 		return true, nil
 	})
@@ -122,7 +124,7 @@ func TestSpool_Scan(t *testing.T) {
 		s, all := setup(t)
 		before := readAll(t, s, false)
 		var got []Record
-		err := s.Scan(StatePending, 0, func(r Record) (bool, error) {
+		err := s.Scan([]State{StatePending}, 0, func(_ State, r Record) (bool, error) {
 			if len(got) == 0 {
 				// Change the spool while the scan is open: these commits go
 				// through (readers do not block them) but the scan goes on
@@ -162,7 +164,7 @@ func TestSpool_Scan(t *testing.T) {
 	t.Run("from an id, early stop, error", func(t *testing.T) {
 		s, all := setup(t)
 		var got []uint64
-		err := s.Scan(StatePending, all[4], func(r Record) (bool, error) {
+		err := s.Scan([]State{StatePending}, all[4], func(_ State, r Record) (bool, error) {
 			got = append(got, r.ID)
 			return len(got) < 3, nil
 		})
@@ -171,7 +173,7 @@ func TestSpool_Scan(t *testing.T) {
 		}
 		boom := errors.New("boom")
 		calls := 0
-		err = s.Scan(StatePending, 0, func(Record) (bool, error) {
+		err = s.Scan([]State{StatePending}, 0, func(State, Record) (bool, error) {
 			calls++
 			if calls == 2 {
 				return true, boom
@@ -183,9 +185,73 @@ func TestSpool_Scan(t *testing.T) {
 		}
 		calls = 0
 		for _, after := range []uint64{all[49], math.MaxUint64} {
-			if err := s.Scan(StateDead, after, func(Record) (bool, error) { calls++; return true, nil }); err != nil || calls != 0 {
+			if err := s.Scan([]State{StateDead}, after, func(State, Record) (bool, error) { calls++; return true, nil }); err != nil || calls != 0 {
 				t.Fatalf("Scan after %d: %d calls, %v", after, calls, err)
 			}
+		}
+	})
+
+	t.Run("several states, one snapshot", func(t *testing.T) {
+		s, all := setup(t)
+		type seen struct {
+			st State
+			id uint64
+		}
+		var want []seen
+		for _, id := range all[:45] {
+			want = append(want, seen{StatePending, id})
+		}
+		for _, id := range all[45:] {
+			want = append(want, seen{StateDead, id})
+		}
+		var got []seen
+		err := s.Scan([]State{StatePending, StateDead}, 0, func(st State, r Record) (bool, error) {
+			if len(got) == 0 {
+				// Once the scan is open, a dead letter is retried and a
+				// record not yet reached dies: scanned state by state in
+				// two transactions, the first would be missed and the
+				// second seen twice.
+				w := async(func() error {
+					if moved, _, err := s.Retry(all[45:46]); err != nil || moved != 1 {
+						return fmt.Errorf("Retry: %d moved, %v", moved, err)
+					}
+					return s.Dead(all[44], "gone")
+				})
+				if err := await(t, w); err != nil {
+					return false, err
+				}
+			}
+			got = append(got, seen{st, r.ID})
+			return true, nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("Scan(pending, dead) saw %v,\nwant the snapshot at its start: %v", got, want)
+		}
+
+		// In the order given, after applying to each state; false stops it all.
+		got = nil
+		err = s.Scan([]State{StateDead, StatePending}, all[43], func(st State, r Record) (bool, error) {
+			got = append(got, seen{st, r.ID})
+			return true, nil
+		})
+		wantRev := []seen{{StateDead, all[44]}}
+		for _, id := range all[46:] {
+			wantRev = append(wantRev, seen{StateDead, id})
+		}
+		wantRev = append(wantRev, seen{StatePending, all[45]})
+		if err != nil || !slices.Equal(got, wantRev) {
+			t.Fatalf("Scan(dead, pending) after %d = %v, %v; want %v", all[43], got, err, wantRev)
+		}
+		got = nil
+		err = s.Scan([]State{StatePending, StateDead}, 0, func(st State, r Record) (bool, error) {
+			got = append(got, seen{st, r.ID})
+			return r.ID != all[2], nil
+		})
+		if err != nil || len(got) != 3 || got[2] != (seen{StatePending, all[2]}) {
+			t.Fatalf("Scan stopped by fn in the first state went on: %v, %v", got, err)
 		}
 	})
 
@@ -213,8 +279,14 @@ func TestSpool_Scan(t *testing.T) {
 
 	t.Run("state", func(t *testing.T) {
 		s, _ := setup(t)
-		if err := s.Scan(State(7), 0, func(Record) (bool, error) { return true, nil }); err == nil {
-			t.Fatal("Scan of an unknown state succeeded")
+		calls := 0
+		for _, states := range [][]State{{7}, {StatePending, 7}} {
+			if err := s.Scan(states, 0, func(State, Record) (bool, error) { calls++; return true, nil }); err == nil || calls != 0 {
+				t.Fatalf("Scan(%v) with an unknown state: %v after %d calls", states, err, calls)
+			}
+		}
+		if err := s.Scan(nil, 0, func(State, Record) (bool, error) { calls++; return true, nil }); err != nil || calls != 0 {
+			t.Fatalf("Scan of no states: %v after %d calls", err, calls)
 		}
 		for st, want := range map[State]string{StatePending: "pending", StateDead: "dead", 7: "State(7)"} {
 			if st.String() != want {
@@ -243,7 +315,7 @@ func TestSpool_ScanDoesNotBlockCommits(t *testing.T) {
 	letGo := func() { once.Do(func() { close(release) }) }
 	defer letGo()
 	scan := async(func() error {
-		return s.Scan(StatePending, 0, func(Record) (bool, error) {
+		return s.Scan([]State{StatePending}, 0, func(State, Record) (bool, error) {
 			close(inside)
 			<-release
 			return false, nil
@@ -371,7 +443,7 @@ func TestSpool_RetryWhere(t *testing.T) {
 	t.Run("chunks, ingest goes on between them", func(t *testing.T) {
 		s := openTest(t, Options{})
 		l := watchCommits(s)
-		const n = 12000 // three chunks; a third of the records match
+		const n = 12000 // a third of the records match: four chunks
 		importAll(t, s, StateDead, deadRecords(n, time.Now()))
 		start := l.n()
 
@@ -408,6 +480,9 @@ func TestSpool_RetryWhere(t *testing.T) {
 		var chunks []int // commit indexes
 		appendAt := -1
 		for i, g := range l.since(start) {
+			if g.entries > whereChunk+1 {
+				t.Fatalf("a commit of RetryWhere carried %d entries, more than a chunk of %d: %v", g.entries, whereChunk, l.since(start))
+			}
 			if g.entries >= whereChunk {
 				chunks = append(chunks, i)
 			}
@@ -415,10 +490,10 @@ func TestSpool_RetryWhere(t *testing.T) {
 				appendAt = i
 			}
 		}
-		if len(chunks) != 3 {
-			t.Fatalf("RetryWhere committed %d chunks over %d records, want 3: %v", len(chunks), n, l.since(start))
+		if want := n / 3 / whereChunk; len(chunks) != want {
+			t.Fatalf("RetryWhere committed %d chunks for %d matches, want %d: %v", len(chunks), n/3, want, l.since(start))
 		}
-		if appendAt < 0 || appendAt >= chunks[2] {
+		if appendAt < 0 || appendAt >= chunks[len(chunks)-1] {
 			t.Fatalf("the Append committed at %d, not before the last chunk (%v): it waited for the whole RetryWhere", appendAt, chunks)
 		}
 		p := readAll(t, s, false)
@@ -471,21 +546,160 @@ func TestSpool_RetryWhere(t *testing.T) {
 
 	t.Run("a panicking match", func(t *testing.T) {
 		s := openTest(t, Options{})
-		importAll(t, s, StateDead, deadRecords(5, time.Now()))
+		const n = 3 * whereChunk
+		importAll(t, s, StateDead, deadRecords(n, time.Now()))
+		recs := deadRecords(n, time.Now())
+		for i := range recs {
+			recs[i].ID, recs[i].MessageID = 0, recs[i].MessageID+"-p" // n+1..2n
+		}
+		importAll(t, s, StatePending, recs)
+		l := watchCommits(s)
 		moved, err := s.RetryWhere(func(r Record) bool {
-			if r.ID == 4 {
+			if r.ID == n-10 { // in the last chunk
 				panic("boom")
 			}
 			return true
 		})
-		if err == nil || !strings.Contains(err.Error(), "boom") || moved != 0 {
+		if err == nil || !strings.Contains(err.Error(), "boom") || !strings.Contains(err.Error(), fmt.Sprint(n-10)) || moved != 0 {
 			t.Fatalf("RetryWhere with a panicking match = %d, %v", moved, err)
 		}
-		if st, _ := s.Stats(); st.Dead != 5 {
-			t.Fatalf("the chunk in which match panicked was partly applied: %+v", st)
+		deleted, err := s.DeleteWhere(StatePending, func(r Record) bool {
+			if r.ID == n+5 {
+				panic("bang")
+			}
+			return true
+		})
+		if err == nil || !strings.Contains(err.Error(), "bang") || deleted != 0 {
+			t.Fatalf("DeleteWhere with a panicking match = %d, %v", deleted, err)
+		}
+		if st, _ := s.Stats(); st.Dead != n || st.Pending != n || l.n() != 0 {
+			t.Fatalf("a match that panicked left %d dead, %d pending (want %d each) after %d commits", st.Dead, st.Pending, n, l.n())
 		}
 		mustAppend(t, s, entry(1, time.Now()))
 	})
+}
+
+// TestSpool_WhereMatchOutsideCommitLoop: match of RetryWhere and DeleteWhere
+// runs before anything is submitted, on the caller's goroutine: a slow match
+// (parsing large events) holds up no Append. What it is run over is the
+// snapshot at the start, so records that arrive meanwhile are not touched.
+func TestSpool_WhereMatchOutsideCommitLoop(t *testing.T) {
+	for _, state := range []State{StateDead, StatePending} {
+		t.Run(state.String(), func(t *testing.T) {
+			clk := newClock()
+			s := openTest(t, Options{DedupWindow: time.Hour, Now: clk.Now})
+			all := importAll(t, s, state, deadRecords(10, clk.Now()))
+			inside, release := make(chan struct{}), make(chan struct{})
+			var once sync.Once
+			letGo := func() { once.Do(func() { close(release) }) }
+			defer letGo()
+			match := func(r Record) bool {
+				if r.ID == all[0] {
+					close(inside)
+					<-release
+				}
+				return r.ID%2 == 1
+			}
+			var n int
+			where := async(func() error {
+				var err error
+				if state == StateDead {
+					n, err = s.RetryWhere(match)
+				} else {
+					n, err = s.DeleteWhere(StatePending, match)
+				}
+				return err
+			})
+			<-inside
+			var late uint64
+			app := async(func() error {
+				res, err := s.Append([]Entry{entry(1, clk.Now())})
+				late = res.IDs[0]
+				if err == nil && state == StateDead {
+					err = s.Dead(late, "x")
+				}
+				return err
+			})
+			select {
+			case err := <-app:
+				if err != nil {
+					t.Fatal(err)
+				}
+			case <-time.After(10 * time.Second):
+				letGo()
+				t.Fatal("an Append waited for match")
+			}
+			letGo()
+			if err := await(t, where); err != nil || n != 5 {
+				t.Fatalf("%v where: %d, %v; want 5", state, n, err)
+			}
+			if late%2 != 1 {
+				t.Fatalf("the late record got even id %d: the test shows nothing", late)
+			}
+			if r, dead, err := s.Get(late); err != nil || dead != (state == StateDead) {
+				t.Fatalf("the record that arrived while match ran: dead %v, %v", dead, err)
+			} else if r.MessageID != "msg-1" {
+				t.Fatalf("late record %+v", r)
+			}
+		})
+	}
+}
+
+// TestSpool_WhereRechecksState: the ids RetryWhere and DeleteWhere
+// collected are acted on only if still in the bucket of that state when
+// their chunk commits. A dead letter retried meanwhile is not deleted from
+// pending by DeleteWhere(StateDead).
+func TestSpool_WhereRechecksState(t *testing.T) {
+	s := openTest(t, Options{})
+	l := watchCommits(s)
+	const n = 2*whereChunk + whereChunk/2
+	importAll(t, s, StateDead, deadRecords(n, time.Now()))
+	got, err := s.matching(StateDead, nil)
+	if err != nil || len(got) != n {
+		t.Fatalf("matching: %d ids, %v", len(got), err)
+	}
+	retried, gone := got[whereChunk+7], got[3]
+	if moved, _, err := s.Retry([]uint64{retried}); err != nil || moved != 1 {
+		t.Fatalf("Retry: %d, %v", moved, err)
+	}
+	if deleted, _, err := s.Delete([]uint64{gone}); err != nil || deleted != 1 {
+		t.Fatalf("Delete: %d, %v", deleted, err)
+	}
+	start := l.n()
+	deleted, err := s.deleteIDs(StateDead, got)
+	if err != nil || deleted != n-2 {
+		t.Fatalf("deleteIDs(dead) = %d, %v; want %d", deleted, err, n-2)
+	}
+	if g := l.since(start); !slices.Equal(g, []commitGroup{{1, whereChunk}, {1, whereChunk}, {1, whereChunk / 2}}) {
+		t.Fatalf("deleteIDs of %d ids committed %v, want chunks of %d", n, g, whereChunk)
+	}
+	if p := ids(readAll(t, s, false)); !slices.Equal(p, []uint64{retried}) {
+		t.Fatalf("pending after deleteIDs(dead): %v; the retried record %d must survive", p, retried)
+	}
+	if st, _ := s.Stats(); st.Dead != 0 || st.Pending != 1 {
+		t.Fatalf("Stats: %+v", st)
+	}
+
+	// And the other way: a record gone from dead is not retried (nor
+	// counted), and one deleted from pending is not resurrected.
+	importAll(t, s, StateDead, deadRecords(5, time.Now()))
+	d := ids(readAll(t, s, true))
+	if deleted, _, err := s.Delete(d[1:2]); err != nil || deleted != 1 {
+		t.Fatal(deleted, err)
+	}
+	if moved, _, err := s.Retry(d[2:3]); err != nil || moved != 1 {
+		t.Fatal(moved, err)
+	}
+	if err := s.Ack(d[2:3]); err != nil {
+		t.Fatal(err)
+	}
+	moved, err := s.inChunks(StateDead, d, retryOne)
+	if err != nil || moved != 3 {
+		t.Fatalf("inChunks(retry) = %d, %v; want 3", moved, err)
+	}
+	if p := ids(readAll(t, s, false)); !slices.Equal(p, []uint64{d[0], d[3], d[4], retried}) || retried < d[4] {
+		t.Fatalf("pending after the retry: %v", p)
+	}
 }
 
 func TestSpool_Delete(t *testing.T) {
@@ -533,7 +747,7 @@ func TestSpool_Delete(t *testing.T) {
 func TestSpool_DeleteWhere(t *testing.T) {
 	s := openTest(t, Options{})
 	l := watchCommits(s)
-	const n = 6000 // two chunks
+	const n = 6000
 	recs := deadRecords(n, time.Now())
 	importAll(t, s, StatePending, recs)
 	dead := deadRecords(10, time.Now())
@@ -546,8 +760,12 @@ func TestSpool_DeleteWhere(t *testing.T) {
 	if want := n - n/20*3; err != nil || deleted != want {
 		t.Fatalf("DeleteWhere(pending, attempts >= 3) = %d, %v; want %d", deleted, err, want)
 	}
-	if g := l.since(start); len(g) != 2 {
-		t.Fatalf("DeleteWhere over %d records committed %v, want two chunks", n, g)
+	var want []commitGroup
+	for left := n - n/20*3; left > 0; left -= whereChunk {
+		want = append(want, commitGroup{1, min(left, whereChunk)})
+	}
+	if g := l.since(start); !slices.Equal(g, want) {
+		t.Fatalf("DeleteWhere of %d records committed %v, want chunks of %d: %v", n-n/20*3, g, whereChunk, want)
 	}
 	for _, r := range readAll(t, s, false) {
 		if r.Attempts >= 3 {
@@ -870,73 +1088,94 @@ func TestSpool_AttemptsHistogram(t *testing.T) {
 	check("reopen")
 }
 
-// TestSpool_CountersUpgrade: a file whose counters are in the 40-byte form
-// written before the histogram existed gets its histogram computed at open;
-// read-only in memory, read-write written to the file at once.
-func TestSpool_CountersUpgrade(t *testing.T) {
-	clk := newClock()
-	s := openTest(t, Options{Now: clk.Now})
-	var es []Entry
-	for i := range 8 {
-		es = append(es, entry(i, clk.Now()))
-	}
-	all := mustAppend(t, s, es...).IDs
-	for i, fails := range []int{1, 2, 3, 4, 9, 16} {
-		for range fails {
-			if err := s.Fail(all[i:i+1], "x"); err != nil {
+// TestSpool_FormatUpgrade: a version-1 file (counters without the attempts
+// histogram) is read by computing the histogram at open. A read-only open
+// keeps it in memory and does not touch the file; a read-write open writes
+// format version 2 and the new counters in one go. A version-1 file with
+// the longer counters (written by the builds that added the histogram but
+// kept version 1) is read the same way, its histogram computed anew.
+func TestSpool_FormatUpgrade(t *testing.T) {
+	for _, counterLen := range []int{countersLenV1, countersLen} {
+		t.Run(fmt.Sprintf("%d-byte counters", counterLen), func(t *testing.T) {
+			clk := newClock()
+			s := openTest(t, Options{Now: clk.Now})
+			var es []Entry
+			for i := range 8 {
+				es = append(es, entry(i, clk.Now()))
+			}
+			all := mustAppend(t, s, es...).IDs
+			for i, fails := range []int{1, 2, 3, 4, 9, 16} {
+				for range fails {
+					if err := s.Fail(all[i:i+1], "x"); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			if err := s.Dead(all[7], "x"); err != nil {
 				t.Fatal(err)
 			}
-		}
-	}
-	if err := s.Dead(all[7], "x"); err != nil {
-		t.Fatal(err)
-	}
-	want, _ := s.Stats()
-	if w := [AttemptBuckets]int64{1, 1, 2, 1, 1, 1}; want.Attempts != w {
-		t.Fatalf("histogram before the downgrade %v, want %v", want.Attempts, w)
-	}
-	path := s.Path()
-	closeChecked(t, s)
-	rawCounters := func(db *bolt.DB) int {
-		n := -1
-		_ = db.View(func(tx *bolt.Tx) error { n = len(tx.Bucket(bucketMeta).Get(metaCounters)); return nil })
-		return n
-	}
-	boltUpdate(t, path, func(tx *bolt.Tx) error {
-		meta := tx.Bucket(bucketMeta)
-		old := append([]byte(nil), meta.Get(metaCounters)[:countersLenV1]...)
-		return meta.Put(metaCounters, old)
-	})
+			want, _ := s.Stats()
+			if w := [AttemptBuckets]int64{1, 1, 2, 1, 1, 1}; want.Attempts != w {
+				t.Fatalf("histogram before the downgrade %v, want %v", want.Attempts, w)
+			}
+			path := s.Path()
+			closeChecked(t, s)
+			rawMeta := func(db *bolt.DB) (format []byte, counters []byte) {
+				_ = db.View(func(tx *bolt.Tx) error {
+					meta := tx.Bucket(bucketMeta)
+					format = append([]byte(nil), meta.Get(metaFormat)...)
+					counters = append([]byte(nil), meta.Get(metaCounters)...)
+					return nil
+				})
+				return format, counters
+			}
+			boltUpdate(t, path, func(tx *bolt.Tx) error {
+				meta := tx.Bucket(bucketMeta)
+				old := append([]byte(nil), meta.Get(metaCounters)[:counterLen]...)
+				for i := countersLenV1; i < len(old); i++ {
+					old[i] = 0xa5 // a histogram that must not be believed
+				}
+				if err := meta.Put(metaFormat, []byte{1}); err != nil {
+					return err
+				}
+				return meta.Put(metaCounters, old)
+			})
 
-	sum := fileSHA(t, path)
-	ro, err := Open(path, Options{ReadOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, _ := ro.Stats()
-	n := rawCounters(ro.db)
-	if err := ro.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if st.Attempts != want.Attempts || st.Pending != want.Pending || st.Dead != want.Dead || st.Bytes != want.Bytes {
-		t.Fatalf("read-only open of old counters: %+v, want %+v", st, want)
-	}
-	if n != countersLenV1 || fileSHA(t, path) != sum {
-		t.Fatalf("the read-only open changed the file (counters now %d bytes)", n)
-	}
+			sum := fileSHA(t, path)
+			for range 2 {
+				ro, err := Open(path, Options{ReadOnly: true})
+				if err != nil {
+					t.Fatal(err)
+				}
+				st, _ := ro.Stats()
+				format, c := rawMeta(ro.db)
+				if err := ro.Close(); err != nil {
+					t.Fatal(err)
+				}
+				if st.Attempts != want.Attempts || st.Pending != want.Pending || st.Dead != want.Dead || st.Bytes != want.Bytes {
+					t.Fatalf("read-only open of a version-1 file: %+v, want %+v", st, want)
+				}
+				if !bytes.Equal(format, []byte{1}) || len(c) != counterLen || fileSHA(t, path) != sum {
+					t.Fatalf("the read-only open changed the file (format %v, counters %d bytes)", format, len(c))
+				}
+			}
 
-	s = openAt(t, path, Options{Now: clk.Now})
-	if n := rawCounters(s.db); n != countersLen {
-		t.Fatalf("after a read-write open the counters are %d bytes, want %d", n, countersLen)
+			s = openAt(t, path, Options{Now: clk.Now})
+			if format, c := rawMeta(s.db); !bytes.Equal(format, []byte{FormatVersion}) || len(c) != countersLen {
+				t.Fatalf("after a read-write open the format is %v and the counters %d bytes, want [%d] and %d", format, len(c), FormatVersion, countersLen)
+			}
+			if st, _ := s.Stats(); st.Attempts != want.Attempts {
+				t.Fatalf("read-write open of a version-1 file: histogram %v, want %v", st.Attempts, want.Attempts)
+			}
+			assertCounters(t, s)
+			if err := s.Fail(all[:1], "x"); err != nil {
+				t.Fatal(err)
+			}
+			assertCounters(t, s)
+			s = reopen(t, s, Options{Now: clk.Now})
+			assertCounters(t, s)
+		})
 	}
-	if st, _ := s.Stats(); st.Attempts != want.Attempts {
-		t.Fatalf("read-write open of old counters: histogram %v, want %v", st.Attempts, want.Attempts)
-	}
-	assertCounters(t, s)
-	if err := s.Fail(all[:1], "x"); err != nil {
-		t.Fatal(err)
-	}
-	assertCounters(t, s)
 }
 
 // TestSpool_OpenReplacedFile: an Open that was waiting for the lock of a
@@ -1169,190 +1408,4 @@ func TestSpool_Compact(t *testing.T) {
 			t.Fatalf("Compact left files behind: %v", entries)
 		}
 	})
-}
-
-// TestSpool_AdminRandomMix runs a random mix of every write, the admin ones
-// included, against a model, checking the counters (histogram included)
-// against a full scan after each step.
-func TestSpool_AdminRandomMix(t *testing.T) {
-	const window = time.Hour
-	clk := newClock()
-	opt := Options{DedupWindow: window, Now: clk.Now}
-	s := openTest(t, opt)
-	rng := rand.New(rand.NewPCG(7, 8))
-	pending, dead := map[uint64]bool{}, map[uint64]bool{}
-	pick := func(ms ...map[uint64]bool) []uint64 {
-		var out []uint64
-		for _, m := range ms {
-			for id := range m {
-				if rng.IntN(3) == 0 {
-					out = append(out, id)
-				}
-			}
-		}
-		if rng.IntN(4) == 0 {
-			out = append(out, 1<<50+uint64(rng.IntN(10))) // unknown
-		}
-		return out
-	}
-	counts := map[string]int{}
-	for step := range 300 {
-		switch op := rng.IntN(14); {
-		case op < 3:
-			var es []Entry
-			for range 1 + rng.IntN(5) {
-				e := entry(rng.IntN(300), clk.Now())
-				e.Event = bytes.Repeat([]byte{'e'}, rng.IntN(500))
-				es = append(es, e)
-			}
-			res := mustAppend(t, s, es...)
-			for i, id := range res.IDs {
-				if !res.Duplicate[i] {
-					pending[id] = true
-				}
-			}
-			counts["append"]++
-		case op < 4:
-			a := pick(pending)
-			if err := s.Ack(a); err != nil {
-				t.Fatal(err)
-			}
-			for _, id := range a {
-				delete(pending, id)
-			}
-			counts["ack"]++
-		case op < 6:
-			if err := s.Fail(pick(pending), strings.Repeat("f", rng.IntN(50))); err != nil {
-				t.Fatal(err)
-			}
-			counts["fail"]++
-		case op < 7:
-			for _, id := range pick(pending) {
-				if err := s.Dead(id, "d"); (err == nil) != pending[id] {
-					t.Fatalf("Dead(%d): %v", id, err)
-				}
-				if pending[id] {
-					delete(pending, id)
-					dead[id] = true
-				}
-			}
-			counts["dead"]++
-		case op < 8:
-			moved, _, err := s.Retry(pick(dead))
-			if err != nil {
-				t.Fatal(err)
-			}
-			counts["retry"] += moved
-			for _, r := range readAll(t, s, false) {
-				if dead[r.ID] {
-					delete(dead, r.ID)
-					pending[r.ID] = true
-				}
-			}
-		case op < 9:
-			m := uint64(1 + rng.IntN(3))
-			moved, err := s.RetryWhere(func(r Record) bool { return r.ID%m == 0 })
-			if err != nil {
-				t.Fatal(err)
-			}
-			want := 0
-			for id := range dead {
-				if id%m == 0 {
-					want++
-					delete(dead, id)
-					pending[id] = true
-				}
-			}
-			if moved != want {
-				t.Fatalf("RetryWhere moved %d, model %d", moved, want)
-			}
-			counts["retry where"]++
-		case op < 10:
-			ids := pick(pending, dead)
-			n, missing, err := s.Delete(ids)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, id := range ids {
-				delete(pending, id)
-				delete(dead, id)
-			}
-			if n+len(missing) != len(ids) {
-				t.Fatalf("Delete of %d ids: %d deleted, %d missing", len(ids), n, len(missing))
-			}
-			counts["delete"]++
-		case op < 11:
-			state, m := State(rng.IntN(2)), uint64(2+rng.IntN(3))
-			n, err := s.DeleteWhere(state, func(r Record) bool { return r.ID%m == 1 })
-			if err != nil {
-				t.Fatal(err)
-			}
-			model := map[State]map[uint64]bool{StatePending: pending, StateDead: dead}[state]
-			want := 0
-			for id := range model {
-				if id%m == 1 {
-					want++
-					delete(model, id)
-				}
-			}
-			if n != want {
-				t.Fatalf("DeleteWhere(%v) deleted %d, model %d", state, n, want)
-			}
-			counts["delete where"]++
-		case op < 12:
-			var recs []Record
-			for range 1 + rng.IntN(6) {
-				r := Record{
-					ID: uint64(rng.IntN(400)), MessageID: fmt.Sprintf("i%d", rng.IntN(50)), Attempts: uint32(rng.IntN(40)),
-					LastError: "imported", ReceivedAt: clk.Now(), Event: bytes.Repeat([]byte{'i'}, rng.IntN(300)),
-				}
-				if rng.IntN(2) == 0 {
-					r.Key = []byte(fmt.Sprintf("key-%d", rng.IntN(400)))
-				}
-				recs = append(recs, r)
-			}
-			if stored := readAll(t, s, rng.IntN(2) == 0); len(stored) > 0 && rng.IntN(2) == 0 {
-				recs = append(recs, stored[rng.IntN(len(stored))]) // a repeat, as from an export imported twice
-			}
-			state := State(rng.IntN(2))
-			res, err := s.Import(state, recs)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for i, id := range res.IDs {
-				if res.Duplicate[i] {
-					continue
-				}
-				if pending[id] || dead[id] {
-					t.Fatalf("Import stored record %d over an existing one", id)
-				}
-				if state == StatePending {
-					pending[id] = true
-				} else {
-					dead[id] = true
-				}
-			}
-			counts["import"] += res.Imported
-			counts["import duplicate"] += res.Duplicates
-		case op < 13:
-			if _, err := s.PruneDedup(1 + rng.IntN(20)); err != nil {
-				t.Fatal(err)
-			}
-		default:
-			clk.Advance(time.Duration(rng.IntN(30)) * time.Minute)
-		}
-		if step%50 == 49 {
-			s = reopen(t, s, opt)
-		}
-		assertCounters(t, s)
-		if p, d := ids(readAll(t, s, false)), ids(readAll(t, s, true)); len(p) != len(pending) || len(d) != len(dead) {
-			t.Fatalf("step %d: %d pending, %d dead; model %d, %d", step, len(p), len(d), len(pending), len(dead))
-		}
-	}
-	t.Logf("operations: %v", counts)
-	for _, k := range []string{"append", "ack", "fail", "dead", "retry", "retry where", "delete", "delete where", "import", "import duplicate"} {
-		if counts[k] == 0 {
-			t.Errorf("the random mix never exercised %q", k)
-		}
-	}
 }

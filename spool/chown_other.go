@@ -4,5 +4,5 @@ package spool
 
 import "os"
 
-// chownLike is a no-op where files have no Unix owner.
-func chownLike(string, os.FileInfo) error { return nil }
+// MatchOwner does nothing where files have no Unix owner.
+func MatchOwner(string, os.FileInfo) error { return nil }

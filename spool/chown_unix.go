@@ -7,12 +7,13 @@ import (
 	"syscall"
 )
 
-// chownLike gives path the owner and group of fi when running as root
-// (gwenrelay compact run by root on a spool owned by the service user must
-// not leave it a file the service cannot open). Other users cannot give a
-// file away, and the copy is already theirs.
-func chownLike(path string, fi os.FileInfo) error {
-	st, ok := fi.Sys().(*syscall.Stat_t)
+// MatchOwner gives path the owner and group of like when running as root,
+// and does nothing otherwise (other users cannot give a file away, and a
+// file they made is theirs already). gwenrelay run by root on a spool owned
+// by the service user (compact, import creating it) must not leave a file
+// the service cannot open.
+func MatchOwner(path string, like os.FileInfo) error {
+	st, ok := like.Sys().(*syscall.Stat_t)
 	if !ok || os.Geteuid() != 0 {
 		return nil
 	}

@@ -24,11 +24,11 @@ type counters struct {
 }
 
 const (
-	// countersLenV1 is the counters value written before the attempts
-	// histogram existed. Such a file is still read: the histogram is then
-	// computed by one scan of the pending bucket at open.
+	// countersLenV1 is the counters value of format version 1, without the
+	// attempts histogram.
 	countersLenV1 = 5 * 8
-	countersLen   = countersLenV1 + AttemptBuckets*8
+	// countersLen is the counters value of format version 2.
+	countersLen = countersLenV1 + AttemptBuckets*8
 )
 
 func (c counters) encode() []byte {
@@ -40,22 +40,28 @@ func (c counters) encode() []byte {
 	return b
 }
 
-// decodeCounters reads either form of the counters value. For the older
-// form, without the histogram, Attempts is zero: hasHistogram tells the
-// caller to compute it.
-func decodeCounters(b []byte) (c counters, hasHistogram bool, err error) {
-	if len(b) != countersLen && len(b) != countersLenV1 {
-		return counters{}, false, fmt.Errorf("counters are %d bytes, want %d (or %d, before the attempts histogram)", len(b), countersLen, countersLenV1)
+// decodeCounters reads the counters value of a file of the given format
+// version. For version 1 Attempts is zero: the caller computes it.
+//
+// Version 1 also takes the longer value: the builds that added the
+// histogram before the version was raised wrote it under version 1. Its
+// histogram is ignored and computed again like a version-1 file's.
+func decodeCounters(b []byte, version byte) (c counters, err error) {
+	switch {
+	case version >= 2 && len(b) != countersLen:
+		return counters{}, fmt.Errorf("counters are %d bytes, want %d for format version %d", len(b), countersLen, version)
+	case version < 2 && len(b) != countersLenV1 && len(b) != countersLen:
+		return counters{}, fmt.Errorf("counters are %d bytes, want %d for format version %d", len(b), countersLenV1, version)
 	}
 	v := func(i int) int64 { return int64(binary.BigEndian.Uint64(b[i*8:])) }
 	c = counters{PendingN: v(0), PendingBytes: v(1), DeadN: v(2), DeadBytes: v(3), DedupN: v(4)}
-	if len(b) == countersLenV1 {
-		return c, false, nil
+	if version < 2 {
+		return c, nil
 	}
 	for i := range c.Attempts {
 		c.Attempts[i] = v(5 + i)
 	}
-	return c, true, nil
+	return c, nil
 }
 
 // countPending adds n (+1 or -1) pending records stored as v to the

@@ -34,8 +34,13 @@ func fault(step string) error {
 // directory. The copy is fsynced, given the original's mode (and owner when
 // running as root), renamed over the original and the directory fsynced.
 // Any failure before the rename removes the copy and leaves the original
-// as it was. It returns the file's sizes before and after.
+// as it was. It returns the file's sizes before and after. The file keeps
+// its format version. path is made absolute first, as by Open.
 func Compact(path string, opt Options) (before, after int64, err error) {
+	path, err = absPath(path)
+	if err != nil {
+		return 0, 0, err
+	}
 	if opt.LockTimeout <= 0 {
 		opt.LockTimeout = time.Second
 	}
@@ -51,7 +56,7 @@ func Compact(path string, opt Options) (before, after int64, err error) {
 		Timeout:        opt.LockTimeout,
 		NoFreelistSync: true,
 		FreelistType:   bolt.FreelistMapType,
-	})
+	}, false)
 	if err != nil {
 		return 0, 0, openError(path, err)
 	}
@@ -59,7 +64,7 @@ func Compact(path string, opt Options) (before, after int64, err error) {
 	// be written to the original after it was copied.
 	defer src.Close()
 	err = src.View(func(tx *bolt.Tx) error {
-		_, fresh, _, err := readMeta(tx, path)
+		_, _, fresh, err := readMeta(tx, path)
 		if err == nil && fresh {
 			err = fmt.Errorf("spool %s is empty (not yet initialised by gwenrelay serve)", path)
 		}
@@ -114,7 +119,7 @@ func Compact(path string, opt Options) (before, after int64, err error) {
 	if err := os.Chmod(tmp, fi.Mode().Perm()); err != nil {
 		return fail("set the copy's mode", err)
 	}
-	if err := chownLike(tmp, fi); err != nil {
+	if err := MatchOwner(tmp, fi); err != nil {
 		return fail("set the copy's owner", err)
 	}
 	if err := syncFile(tmp); err != nil {

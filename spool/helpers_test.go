@@ -165,21 +165,21 @@ func wantAttemptBucket(n uint32) int {
 }
 
 // fileCounters reads the counters as committed to the meta bucket, and
-// fails the test if they are still in the form without the histogram.
+// fails the test unless the file is of the current format version.
 func fileCounters(t testing.TB, s *Spool) counters {
 	t.Helper()
 	var c counters
-	var hasHistogram bool
 	err := s.db.View(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		if f := meta.Get(metaFormat); !bytes.Equal(f, []byte{FormatVersion}) {
+			return fmt.Errorf("format version %v, want [%d]", f, FormatVersion)
+		}
 		var err error
-		c, hasHistogram, err = decodeCounters(tx.Bucket(bucketMeta).Get(metaCounters))
+		c, err = decodeCounters(meta.Get(metaCounters), FormatVersion)
 		return err
 	})
 	if err != nil {
 		t.Fatalf("read counters: %v", err)
-	}
-	if !hasHistogram {
-		t.Errorf("the committed counters are in the %d-byte form, without the attempts histogram", countersLenV1)
 	}
 	return c
 }

@@ -3,10 +3,13 @@ package spool
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -176,18 +179,27 @@ func TestSpool_Open(t *testing.T) {
 	})
 
 	t.Run("format version", func(t *testing.T) {
+		for _, v := range []byte{FormatVersion + 1, 255} {
+			path := makeSpool(t, 3)
+			boltUpdate(t, path, func(tx *bolt.Tx) error {
+				return tx.Bucket(bucketMeta).Put(metaFormat, []byte{v})
+			})
+			refused(t, path, fmt.Sprintf("format version %d;", v), "use the gwenrelay that wrote it", "move the file aside")
+		}
 		path := makeSpool(t, 3)
-		boltUpdate(t, path, func(tx *bolt.Tx) error {
-			return tx.Bucket(bucketMeta).Put(metaFormat, []byte{FormatVersion + 1})
-		})
-		refused(t, path, "format version 2", "move the file aside")
+		boltUpdate(t, path, func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(metaFormat, []byte{0}) })
+		refused(t, path, "no readable format version", "untouched")
 	})
 
 	t.Run("damaged layout", func(t *testing.T) {
 		for name, damage := range map[string]func(tx *bolt.Tx) error{
-			"no format":       func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Delete(metaFormat) },
-			"missing bucket":  func(tx *bolt.Tx) error { return tx.DeleteBucket(bucketDedupExp) },
-			"short counters":  func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(metaCounters, []byte{1, 2, 3}) },
+			"no format":      func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Delete(metaFormat) },
+			"missing bucket": func(tx *bolt.Tx) error { return tx.DeleteBucket(bucketDedupExp) },
+			"short counters": func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(metaCounters, []byte{1, 2, 3}) },
+			"version-1 counters in a version-2 file": func(tx *bolt.Tx) error {
+				meta := tx.Bucket(bucketMeta)
+				return meta.Put(metaCounters, append([]byte(nil), meta.Get(metaCounters)[:countersLenV1]...))
+			},
 			"missing counter": func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Delete(metaCounters) },
 		} {
 			t.Run(name, func(t *testing.T) {
@@ -284,4 +296,139 @@ func TestSpool_Open(t *testing.T) {
 			t.Fatalf("read-only Open created the directory: %v", err)
 		}
 	})
+}
+
+// TestSpool_OpenAbsolutePath: a spool opened by a relative path reports, and
+// goes on using, the absolute one, whatever the working directory becomes;
+// Compact too names the file by its absolute path.
+func TestSpool_OpenAbsolutePath(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	s := openAt(t, "spool.db", Options{})
+	mustAppend(t, s, entry(1, time.Now()))
+	fi, err := os.Stat(filepath.Join(dir, "spool.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := s.Path(); !filepath.IsAbs(p) {
+		t.Fatalf("Path() = %q for a spool opened as \"spool.db\"; want it absolute", p)
+	} else if pfi, err := os.Stat(p); err != nil || !os.SameFile(pfi, fi) {
+		t.Fatalf("Path() = %q is not the file opened (%v)", p, err)
+	}
+	t.Chdir(t.TempDir())
+	if st, err := s.Stats(); err != nil || st.FileSize != fi.Size() || st.FileSize == 0 {
+		t.Fatalf("Stats from another directory: FileSize %d, %v; want %d", st.FileSize, err, fi.Size())
+	}
+	path := s.Path()
+	closeChecked(t, s)
+
+	t.Chdir(dir)
+	ro, err := Open("./sub/../spool.db", Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ro.Path() != path {
+		t.Errorf("read-only Path() = %q, want %q", ro.Path(), path)
+	}
+	closeChecked(t, ro)
+	if _, err := Open("missing.db", Options{ReadOnly: true}); err == nil || !strings.Contains(err.Error(), filepath.Join(dir, "missing.db")) {
+		t.Errorf("read-only Open of a missing relative path: %v; want the absolute path named", err)
+	}
+	if _, _, err := Compact("spool.db", Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := Compact("missing.db", Options{}); err == nil || !strings.Contains(err.Error(), filepath.Join(dir, "missing.db")) {
+		t.Errorf("Compact of a missing relative path: %v; want the absolute path named", err)
+	}
+}
+
+// TestSpool_OpenMustExist: with MustExist a read-write Open of a missing
+// path is refused as a read-only one is, and creates nothing.
+func TestSpool_OpenMustExist(t *testing.T) {
+	root := t.TempDir()
+	for _, path := range []string{
+		filepath.Join(root, "spool.db"),               // the directory exists
+		filepath.Join(root, "var", "lib", "spool.db"), // it does not
+	} {
+		_, roErr := Open(path, Options{ReadOnly: true})
+		s, err := Open(path, Options{MustExist: true})
+		if err == nil {
+			_ = s.Close()
+			t.Fatalf("Open(MustExist) of missing %s succeeded", path)
+		}
+		if roErr == nil || err.Error() != roErr.Error() || !strings.Contains(err.Error(), "does not exist; check --spool") {
+			t.Fatalf("Open(MustExist) of a missing file: %v; read-only Open says %v", err, roErr)
+		}
+		if entries, _ := os.ReadDir(root); len(entries) != 0 {
+			t.Fatalf("Open(MustExist) of missing %s created %v", path, entries)
+		}
+	}
+	// An existing spool opens as usual, read-write.
+	path := makeSpool(t, 2)
+	s := openAt(t, path, Options{MustExist: true})
+	mustAppend(t, s, entry(9, time.Now()))
+	if st, _ := s.Stats(); st.Pending != 3 {
+		t.Fatalf("Open(MustExist) of a spool: %d pending, want 3", st.Pending)
+	}
+}
+
+// TestSpool_OpenSmallMapping: when the large initial mapping is refused
+// with ENOMEM (an address-space limit), Open tries once more with bbolt's
+// default mapping and says so through SmallMapping.
+func TestSpool_OpenSmallMapping(t *testing.T) {
+	if initialMmapSize == 0 {
+		t.Skip("no large initial mapping on this platform")
+	}
+	var tries []int
+	fail := func(fault func(o *bolt.Options) error) {
+		tries = nil
+		openFault = func(o *bolt.Options) error {
+			tries = append(tries, o.InitialMmapSize)
+			return fault(o)
+		}
+	}
+	t.Cleanup(func() { openFault = nil })
+	path := makeSpool(t, 5)
+
+	fail(func(o *bolt.Options) error {
+		if o.InitialMmapSize > 0 {
+			return fmt.Errorf("mmap: %w", syscall.ENOMEM) // as under ulimit -v
+		}
+		return nil
+	})
+	for _, ro := range []bool{true, false} {
+		s := openAt(t, path, Options{ReadOnly: ro})
+		if !s.SmallMapping() || !slices.Equal(tries, []int{initialMmapSize, 0}) {
+			t.Fatalf("Open(ReadOnly %v) after ENOMEM: SmallMapping %v, tried mappings %v", ro, s.SmallMapping(), tries)
+		}
+		if !ro {
+			mustAppend(t, s, entry(100, time.Now()))
+		}
+		if st, _ := s.Stats(); st.Pending != 5+map[bool]int64{false: 1}[ro] {
+			t.Fatalf("spool opened with the small mapping: %+v", st)
+		}
+		closeChecked(t, s)
+		tries = nil
+	}
+
+	// Refused again: the error says why.
+	fail(func(*bolt.Options) error { return syscall.ENOMEM })
+	if s, err := Open(path, Options{}); err == nil {
+		_ = s.Close()
+		t.Fatal("Open succeeded with every mapping refused")
+	} else if !errors.Is(err, syscall.ENOMEM) || !strings.Contains(err.Error(), "ulimit -v") || !strings.Contains(err.Error(), path) || len(tries) != 2 {
+		t.Fatalf("Open with every mapping refused: %v after %d tries", err, len(tries))
+	}
+	// Any other error is not retried.
+	boom := errors.New("boom")
+	fail(func(*bolt.Options) error { return boom })
+	if _, err := Open(path, Options{}); !errors.Is(err, boom) || len(tries) != 1 {
+		t.Fatalf("Open failing otherwise: %v after %d tries", err, len(tries))
+	}
+
+	openFault = nil
+	s := openAt(t, path, Options{})
+	if s.SmallMapping() {
+		t.Fatal("SmallMapping is set with the large mapping in place")
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"math"
 	"math/bits"
 	"os"
 	"syscall"
@@ -78,14 +79,11 @@ func (s *Spool) Append(entries []Entry) (AppendResult, error) {
 					res.Duplicates++
 					continue
 				}
-				if v := dedup.Get(e.Key); len(v) == 16 {
-					at := int64(binary.BigEndian.Uint64(v[8:]))
-					if now.Sub(time.Unix(0, at)) < window {
-						res.Duplicate[i] = true
-						res.IDs[i] = btoi(v[:8])
-						res.Duplicates++
-						continue
-					}
+				if id, ok := seenWithin(dedup, e.Key, now, window); ok {
+					res.Duplicate[i] = true
+					res.IDs[i] = id
+					res.Duplicates++
+					continue
 				}
 				if seen == nil {
 					seen = make(map[string]int)
@@ -132,6 +130,21 @@ func (s *Spool) Append(entries []Entry) (AppendResult, error) {
 		return AppendResult{}, err
 	}
 	return res, nil
+}
+
+// seenWithin reports whether key was admitted to the dedup index less than
+// window before now, and the id of the record it was admitted for. An entry
+// admitted longer ago is expired (and awaits PruneDedup): not seen.
+func seenWithin(dedup *bolt.Bucket, key []byte, now time.Time, window time.Duration) (id uint64, ok bool) {
+	v := dedup.Get(key)
+	if len(v) != 16 {
+		return 0, false
+	}
+	at := int64(binary.BigEndian.Uint64(v[8:]))
+	if now.Sub(time.Unix(0, at)) >= window {
+		return 0, false
+	}
+	return btoi(v[:8]), true
 }
 
 func expKey(at []byte, key []byte) []byte {
@@ -270,29 +283,47 @@ func (s *Spool) PruneDedup(max int) (int, error) {
 // ReadPending returns up to limit pending records with ids greater than
 // after, oldest first. Pass 0 to start at the oldest.
 func (s *Spool) ReadPending(after uint64, limit int) ([]Record, error) {
-	return s.read(bucketPending, after, limit)
+	return s.read(StatePending, after, limit)
 }
 
 // ReadDead returns up to limit dead-letter records with ids greater than
 // after, in id order.
 func (s *Spool) ReadDead(after uint64, limit int) ([]Record, error) {
-	return s.read(bucketDead, after, limit)
+	return s.read(StateDead, after, limit)
 }
 
-func (s *Spool) read(bucket []byte, after uint64, limit int) ([]Record, error) {
+func (s *Spool) read(state State, after uint64, limit int) ([]Record, error) {
+	if limit <= 0 {
+		return nil, nil
+	}
 	var out []Record
-	err := s.db.View(func(tx *bolt.Tx) error {
-		cur := tx.Bucket(bucket).Cursor()
-		for k, v := cur.Seek(itob(after + 1)); k != nil && len(out) < limit; k, v = cur.Next() {
-			r, err := decodeRecord(btoi(k), v)
-			if err != nil {
-				r = Record{ID: btoi(k), Unreadable: err.Error()}
-			}
-			out = append(out, r)
-		}
-		return nil
+	err := s.Scan([]State{state}, after, func(_ State, r Record) (bool, error) {
+		out = append(out, r)
+		return len(out) < limit, nil
 	})
 	return out, err
+}
+
+// scanBucket calls fn for each record of b with id > after, in id order,
+// until fn returns false or an error. The records are decoded (they do not
+// alias the file); an unreadable one is passed with only ID and Unreadable
+// set. more is false when fn stopped the scan.
+func scanBucket(b *bolt.Bucket, after uint64, fn func(Record) (bool, error)) (more bool, err error) {
+	if after == math.MaxUint64 {
+		return true, nil // no id is greater (and after+1 would wrap to 0)
+	}
+	cur := b.Cursor()
+	for k, v := cur.Seek(itob(after + 1)); k != nil; k, v = cur.Next() {
+		id := btoi(k)
+		r, err := decodeRecord(id, v)
+		if err != nil {
+			r = Record{ID: id, Unreadable: err.Error()}
+		}
+		if more, err := fn(r); err != nil || !more {
+			return false, err
+		}
+	}
+	return true, nil
 }
 
 // Get returns one record and whether it is dead.

@@ -65,6 +65,25 @@ var errShortRecord = errors.New("record is truncated")
 // decodeRecord parses a stored value. The returned record does not alias v,
 // which is only valid for the life of the bbolt transaction.
 func decodeRecord(id uint64, v []byte) (Record, error) {
+	r, err := decodeInPlace(id, v)
+	if err != nil {
+		return Record{}, err
+	}
+	r.Key = append([]byte(nil), r.Key...)
+	r.Event = append([]byte(nil), r.Event...)
+	return r, nil
+}
+
+// readable reports whether a stored value decodes, without copying its
+// event out of v.
+func readable(id uint64, v []byte) bool {
+	_, err := decodeInPlace(id, v)
+	return err == nil
+}
+
+// decodeInPlace parses a stored value like decodeRecord, but the record's
+// Key and Event alias v.
+func decodeInPlace(id uint64, v []byte) (Record, error) {
 	if len(v) < recordFixed {
 		return Record{}, fmt.Errorf("record %d: %w", id, errShortRecord)
 	}
@@ -90,10 +109,8 @@ func decodeRecord(id uint64, v []byte) (Record, error) {
 	}
 	r.MessageID = string(fields[0])
 	r.LastError = string(fields[1])
-	if len(fields[2]) > 0 {
-		r.Key = append([]byte(nil), fields[2]...)
-	}
-	r.Event = append([]byte(nil), rest...)
+	r.Key = fields[2]
+	r.Event = rest
 	return r, nil
 }
 

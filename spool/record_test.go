@@ -122,18 +122,27 @@ func TestRecord_Encoding(t *testing.T) {
 
 	t.Run("counters", func(t *testing.T) {
 		c := counters{1, -2, 3, 1 << 40, 5, [AttemptBuckets]int64{6, 7, -8, 9, 1 << 50, 11}}
-		got, hist, err := decodeCounters(c.encode())
-		if err != nil || got != c || !hist {
-			t.Fatalf("counters round trip: %+v, %v, %v", got, hist, err)
+		got, err := decodeCounters(c.encode(), FormatVersion)
+		if err != nil || got != c {
+			t.Fatalf("counters round trip: %+v, %v", got, err)
 		}
-		// The form written before the histogram: read, histogram zero.
-		got, hist, err = decodeCounters(c.encode()[:countersLenV1])
-		if want := (counters{1, -2, 3, 1 << 40, 5, [AttemptBuckets]int64{}}); err != nil || got != want || hist {
-			t.Fatalf("old counters: %+v, %v, %v; want %+v without histogram", got, hist, err, want)
+		// Format version 1, without the histogram: read, histogram zero;
+		// also in the longer form written under version 1 by the builds
+		// that added the histogram before raising the version.
+		noHist := counters{1, -2, 3, 1 << 40, 5, [AttemptBuckets]int64{}}
+		for _, n := range []int{countersLenV1, countersLen} {
+			if got, err := decodeCounters(c.encode()[:n], 1); err != nil || got != noHist {
+				t.Fatalf("version-1 counters of %d bytes: %+v, %v; want %+v", n, got, err, noHist)
+			}
+		}
+		for _, n := range []int{0, countersLenV1 - 1, countersLenV1, countersLenV1 + 1, countersLen - 1, countersLen + 1} {
+			if _, err := decodeCounters(make([]byte, n), FormatVersion); err == nil {
+				t.Fatalf("%d-byte counters accepted for version %d", n, FormatVersion)
+			}
 		}
 		for _, n := range []int{0, countersLenV1 - 1, countersLenV1 + 1, countersLen - 1, countersLen + 1} {
-			if _, _, err := decodeCounters(make([]byte, n)); err == nil {
-				t.Fatalf("%d-byte counters accepted", n)
+			if _, err := decodeCounters(make([]byte, n), 1); err == nil {
+				t.Fatalf("%d-byte counters accepted for version 1", n)
 			}
 		}
 	})
@@ -151,8 +160,16 @@ func FuzzDecodeRecord(f *testing.F) {
 	f.Add(append(make([]byte, recordFixed), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01), uint8(0), int64(1), uint32(0), int64(1), "", "", []byte(nil), []byte(nil))
 
 	f.Fuzz(func(t *testing.T, raw []byte, kind uint8, recv int64, attempts uint32, last int64, msg, lastErr string, key, event []byte) {
-		// Any stored value: an error or a record, never a panic.
-		if r, err := decodeRecord(9, raw); err == nil {
+		// Any stored value: an error or a record, never a panic; readable
+		// and the in-place decoding agree with decodeRecord.
+		r, err := decodeRecord(9, raw)
+		if readable(9, raw) != (err == nil) {
+			t.Fatalf("readable says %v, decodeRecord %v", readable(9, raw), err)
+		}
+		if in, ierr := decodeInPlace(9, raw); (ierr == nil) != (err == nil) || (err == nil && sameRecord(in, r) != nil) {
+			t.Fatalf("decodeInPlace %+v, %v; decodeRecord %+v, %v", in, ierr, r, err)
+		}
+		if err == nil {
 			again, err := decodeRecord(9, r.encode())
 			if err != nil {
 				t.Fatalf("re-encoding an accepted record: %v", err)
@@ -169,7 +186,7 @@ func FuzzDecodeRecord(f *testing.F) {
 			}
 			return time.Unix(0, n)
 		}
-		r := Record{
+		r = Record{
 			ID: uint64(recv) ^ uint64(last), Kind: Kind(kind), ReceivedAt: nanos(recv), Attempts: attempts,
 			LastAttempt: nanos(last), LastError: lastErr, MessageID: msg, Key: key, Event: event,
 		}

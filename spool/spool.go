@@ -29,6 +29,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -36,8 +37,17 @@ import (
 )
 
 // FormatVersion is the layout version of the file, kept in the meta bucket.
-// Open refuses a file of another version rather than misreading it.
-const FormatVersion = 1
+// Open refuses a file of a newer version rather than misreading it.
+//
+// Version 1 kept five counters (40 bytes); version 2 adds the attempts
+// histogram (88 bytes). This build reads both, and a read-write Open
+// upgrades a version-1 file to version 2 in one transaction. The builds
+// that read only version 1 refuse a version-2 file by its version, saying
+// to use the gwenrelay that wrote it, instead of calling it damaged.
+const FormatVersion = 2
+
+// oldestFormat is the oldest version this build reads.
+const oldestFormat = 1
 
 var (
 	bucketPending  = []byte("pending")
@@ -80,6 +90,9 @@ type Options struct {
 	LockTimeout time.Duration
 	// ReadOnly opens the file with a shared lock and refuses writes.
 	ReadOnly bool
+	// MustExist makes a read-write Open refuse a path that does not exist,
+	// as a read-only one does, instead of creating it (and its directory).
+	MustExist bool
 	// MaxGroup caps the entries committed in one transaction (default 16384).
 	MaxGroup int
 	// Now is the clock (default time.Now); tests move it.
@@ -107,13 +120,22 @@ type Spool struct {
 	// retrying at the rate requests arrive would stall the spool.
 	diskFullUntil atomic.Int64
 
+	// smallMapping is set when the file is mapped at bbolt's default size
+	// because the large initial mapping was refused (SmallMapping).
+	smallMapping bool
+
 	commitHook func(groupOps, groupEntries int, d time.Duration)
 }
 
-// Open opens (creating if absent) the spool at path. A file that is locked,
-// unreadable, corrupt or of another format is refused with an error that says
-// so, and is not modified.
+// Open opens (creating if absent, unless Options.MustExist or ReadOnly) the
+// spool at path. A file that is locked, unreadable, corrupt or of a newer
+// format is refused with an error that says so, and is not modified. path
+// is made absolute first (Path, errors and Stats name that).
 func Open(path string, opt Options) (*Spool, error) {
+	path, err := absPath(path)
+	if err != nil {
+		return nil, err
+	}
 	if opt.LockTimeout <= 0 {
 		opt.LockTimeout = time.Second
 	}
@@ -123,11 +145,10 @@ func Open(path string, opt Options) (*Spool, error) {
 	if opt.Now == nil {
 		opt.Now = time.Now
 	}
-	if !opt.ReadOnly {
-		if dir := filepath.Dir(path); dir != "" {
-			if err := os.MkdirAll(dir, 0o700); err != nil {
-				return nil, fmt.Errorf("create spool directory: %w", err)
-			}
+	create := !opt.ReadOnly && !opt.MustExist
+	if create {
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return nil, fmt.Errorf("create spool directory: %w", err)
 		}
 	} else if _, err := os.Stat(path); err != nil {
 		return nil, openError(path, err)
@@ -135,7 +156,7 @@ func Open(path string, opt Options) (*Spool, error) {
 	if err := checkLength(path); err != nil {
 		return nil, err
 	}
-	db, err := openBolt(path, &bolt.Options{
+	bo := &bolt.Options{
 		Timeout:  opt.LockTimeout,
 		ReadOnly: opt.ReadOnly,
 		// A persisted freelist is rewritten on every commit; with a large
@@ -144,11 +165,29 @@ func Open(path string, opt Options) (*Spool, error) {
 		NoFreelistSync:  true,
 		FreelistType:    bolt.FreelistMapType,
 		InitialMmapSize: initialMmapSize,
-	})
+	}
+	open := func() (*bolt.DB, error) {
+		if openFault != nil {
+			if err := openFault(bo); err != nil {
+				return nil, err
+			}
+		}
+		return openBolt(path, bo, create)
+	}
+	db, err := open()
+	small := false
+	if err != nil && bo.InitialMmapSize > 0 && errors.Is(err, syscall.ENOMEM) {
+		// The large mapping does not fit under an address-space limit
+		// (ulimit -v, systemd's LimitAS=): bbolt's default one still works,
+		// at the cost SmallMapping describes.
+		bo.InitialMmapSize = 0
+		small = true
+		db, err = open()
+	}
 	if err != nil {
 		return nil, openError(path, err)
 	}
-	s := &Spool{db: db, path: path, opt: opt}
+	s := &Spool{db: db, path: path, opt: opt, smallMapping: small}
 	if err := s.init(); err != nil {
 		_ = db.Close()
 		return nil, err
@@ -160,6 +199,29 @@ func Open(path string, opt Options) (*Spool, error) {
 	}
 	return s, nil
 }
+
+// absPath makes path absolute, so that what the spool reports of itself
+// (Path, Stats, errors) names the same file from any working directory.
+func absPath(path string) (string, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", fmt.Errorf("spool %s: %w", path, err)
+	}
+	return abs, nil
+}
+
+// openFault, when set by a test, is called before each attempt of Open to
+// open the file, with the options it is about to use; an error it returns
+// is taken as the attempt's.
+var openFault func(o *bolt.Options) error
+
+// SmallMapping reports whether the file is mapped at bbolt's default size
+// because the large initial mapping (see initialMmapSize) was refused for
+// want of address space, as under ulimit -v or systemd's LimitAS=. The
+// spool works as before, except that while a long read (an export of a
+// large spool) is open, a commit that has to grow the mapping waits for it,
+// and ingest with it. Worth a warning: raise the limit to avoid it.
+func (s *Spool) SmallMapping() bool { return s.smallMapping }
 
 // initialMmapSize is how much of the file bbolt maps up front. When the file
 // outgrows its mapping bbolt remaps it, and for that it takes its mmap lock
@@ -175,7 +237,8 @@ func Open(path string, opt Options) (*Spool, error) {
 // long from its first commit (the unwritten tail is a hole, taking no disk
 // space). Beyond 8 GiB bbolt remaps as before. Left at bbolt's default on
 // 32-bit (too little address space) and on Windows (where bbolt grows the
-// file to the mapping).
+// file to the mapping). Under an address-space limit too small for it, Open
+// falls back to bbolt's default (see SmallMapping).
 var initialMmapSize = func() int {
 	if strconv.IntSize < 64 || runtime.GOOS == "windows" {
 		return 0
@@ -190,11 +253,15 @@ var initialMmapSize = func() int {
 // would get it on the old, unlinked file and run on it, and everything it
 // accepted would vanish with it. So the file opened is compared with the
 // file at path once the lock is held, and a replaced one is opened again.
-func openBolt(path string, o *bolt.Options) (*bolt.DB, error) {
+// Unless create is set, a missing file is not created.
+func openBolt(path string, o *bolt.Options, create bool) (*bolt.DB, error) {
 	for attempt := 1; ; attempt++ {
 		var f *os.File
 		o.OpenFile = func(name string, flag int, perm os.FileMode) (*os.File, error) {
 			var err error
+			if !create {
+				flag &^= os.O_CREATE
+			}
 			f, err = os.OpenFile(name, flag, perm)
 			if err == nil && openedHook != nil {
 				openedHook(name)
@@ -237,6 +304,8 @@ func openError(path string, err error) error {
 		return fmt.Errorf("open spool %s: permission denied; run as the user that owns it (gwenrelay) or fix its mode", path)
 	case errors.Is(err, fs.ErrNotExist):
 		return fmt.Errorf("spool %s does not exist; check --spool", path)
+	case errors.Is(err, syscall.ENOMEM):
+		return fmt.Errorf("open spool %s: %w (is the address space limited, by ulimit -v or systemd's LimitAS=?)", path, err)
 	}
 	return fmt.Errorf("open spool %s: %w", path, err)
 }
@@ -310,28 +379,39 @@ func checkLength(path string) error {
 	return nil
 }
 
-// init checks the format of an existing file, or lays out a new one. It
-// reads before it writes, so a foreign or newer file is never modified.
+// init checks the format of an existing file, upgrades a version-1 one, or
+// lays out a new one. It reads before it writes, so a foreign or newer file
+// is never modified, and a read-only spool never writes.
 func (s *Spool) init() error {
-	var fresh, hasHistogram bool
+	var fresh bool
+	var version byte
 	err := s.db.View(func(tx *bolt.Tx) error {
 		var err error
-		s.counters, fresh, hasHistogram, err = readMeta(tx, s.path)
+		s.counters, version, fresh, err = readMeta(tx, s.path)
 		return err
 	})
 	if err != nil {
 		return err
 	}
 	if !fresh {
-		if hasHistogram || s.opt.ReadOnly {
+		if version == FormatVersion || s.opt.ReadOnly {
 			return nil // a read-only spool keeps the computed histogram in memory
 		}
-		// Counters of the older form, without the attempts histogram (it
-		// was computed above): written in the new form at once, so the scan
-		// is paid once and the next commit finds them current.
-		return s.db.Update(func(tx *bolt.Tx) error {
-			return tx.Bucket(bucketMeta).Put(metaCounters, s.counters.encode())
+		// Version 1: its histogram was computed above. The counters in the
+		// new form and the new version go in one transaction, so the file
+		// is never version 2 with old counters nor the reverse, and the
+		// scan is paid once.
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			meta := tx.Bucket(bucketMeta)
+			if err := meta.Put(metaCounters, s.counters.encode()); err != nil {
+				return err
+			}
+			return meta.Put(metaFormat, []byte{FormatVersion})
 		})
+		if err != nil {
+			return fmt.Errorf("upgrade spool %s from format version %d to %d: %w", s.path, version, FormatVersion, err)
+		}
+		return nil
 	}
 	if s.opt.ReadOnly {
 		return fmt.Errorf("spool %s is empty (not yet initialised by gwenrelay serve)", s.path)
@@ -351,37 +431,38 @@ func (s *Spool) init() error {
 }
 
 // readMeta checks that tx holds a spool this build can read and returns its
-// counters. fresh is set for an empty bbolt file (no buckets at all), which
-// Open lays out. When the counters are of the older form hasHistogram is
-// false and their histogram has been computed here by one scan of the
-// pending bucket.
-func readMeta(tx *bolt.Tx, path string) (c counters, fresh, hasHistogram bool, err error) {
+// format version and counters. fresh is set for an empty bbolt file (no
+// buckets at all), which Open lays out. For a version-1 file the attempts
+// histogram, which it does not keep, has been computed here by one scan of
+// the pending bucket.
+func readMeta(tx *bolt.Tx, path string) (c counters, version byte, fresh bool, err error) {
 	meta := tx.Bucket(bucketMeta)
 	if meta == nil {
 		empty := true
 		_ = tx.ForEach(func([]byte, *bolt.Bucket) error { empty = false; return nil })
 		if !empty {
-			return c, false, false, fmt.Errorf("spool %s is a bbolt file but not a gwenrelay spool (no meta bucket); it was left untouched: check --spool", path)
+			return c, 0, false, fmt.Errorf("spool %s is a bbolt file but not a gwenrelay spool (no meta bucket); it was left untouched: check --spool", path)
 		}
-		return c, true, false, nil
+		return c, 0, true, nil
 	}
 	f := meta.Get(metaFormat)
-	if len(f) != 1 {
-		return c, false, false, fmt.Errorf("spool %s has no readable format version; it was left untouched for inspection", path)
+	if len(f) != 1 || f[0] < oldestFormat {
+		return c, 0, false, fmt.Errorf("spool %s has no readable format version; it was left untouched for inspection", path)
 	}
-	if f[0] != FormatVersion {
-		return c, false, false, fmt.Errorf("spool %s has format version %d; this gwenrelay reads version %d: use the gwenrelay that wrote it, or move the file aside", path, f[0], FormatVersion)
+	version = f[0]
+	if version > FormatVersion {
+		return c, 0, false, fmt.Errorf("spool %s has format version %d; this gwenrelay reads versions %d to %d: use the gwenrelay that wrote it, or move the file aside", path, version, oldestFormat, FormatVersion)
 	}
 	for _, b := range [][]byte{bucketPending, bucketDead, bucketDedup, bucketDedupExp} {
 		if tx.Bucket(b) == nil {
-			return c, false, false, fmt.Errorf("spool %s is damaged: bucket %q is missing; it was left untouched for inspection", path, b)
+			return c, 0, false, fmt.Errorf("spool %s is damaged: bucket %q is missing; it was left untouched for inspection", path, b)
 		}
 	}
-	c, hasHistogram, err = decodeCounters(meta.Get(metaCounters))
+	c, err = decodeCounters(meta.Get(metaCounters), version)
 	if err != nil {
-		return c, false, false, fmt.Errorf("spool %s is damaged: %v; it was left untouched for inspection", path, err)
+		return c, 0, false, fmt.Errorf("spool %s is damaged: %v; it was left untouched for inspection", path, err)
 	}
-	if !hasHistogram {
+	if version < 2 {
 		err = tx.Bucket(bucketPending).ForEach(func(_, v []byte) error {
 			if a, ok := histAttempts(v); ok {
 				c.Attempts[attemptBucket(a)]++
@@ -389,7 +470,7 @@ func readMeta(tx *bolt.Tx, path string) (c counters, fresh, hasHistogram bool, e
 			return nil
 		})
 	}
-	return c, false, hasHistogram, err
+	return c, version, false, err
 }
 
 // Path returns the file the spool was opened from.

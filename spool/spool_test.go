@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"reflect"
 	"runtime"
 	"slices"
 	"strings"
@@ -945,130 +946,286 @@ func TestSpool_Stats(t *testing.T) {
 			t.Fatalf("empty stats %+v", st)
 		}
 	})
+}
 
-	t.Run("counters match a scan after a random mix", func(t *testing.T) {
-		const window = time.Hour
-		clk := newClock()
-		opt := Options{DedupWindow: window, MaxBytes: 64 << 10, Now: clk.Now}
-		s := openTest(t, opt)
-		rng := rand.New(rand.NewPCG(1, 2))
-		pending := map[uint64]bool{}
-		dead := map[uint64]bool{}
-		pick := func(m map[uint64]bool) []uint64 {
-			var out []uint64
+// TestSpool_RandomMix runs randomMix with a quota (appends refused now and
+// then) and without one.
+func TestSpool_RandomMix(t *testing.T) {
+	t.Run("quota", func(t *testing.T) {
+		randomMix(t, mixConfig{
+			seed: [2]uint64{1, 2}, steps: 400, reopenEvery: 40, maxEvent: 2000,
+			opt: Options{DedupWindow: time.Hour, MaxBytes: 24 << 10},
+		})
+	})
+	t.Run("no quota", func(t *testing.T) {
+		randomMix(t, mixConfig{
+			seed: [2]uint64{7, 8}, steps: 300, reopenEvery: 50, maxEvent: 500,
+			opt: Options{DedupWindow: time.Hour},
+		})
+	})
+}
+
+// mixConfig is one run of randomMix.
+type mixConfig struct {
+	seed        [2]uint64
+	steps       int
+	reopenEvery int
+	maxEvent    int     // events appended are shorter than this
+	opt         Options // Now is set by randomMix
+}
+
+// randomMix runs a random mix of every write (Append, Ack, Fail, Dead,
+// PruneDedup, Retry, RetryWhere, Delete, DeleteWhere, Import) and moves of
+// the clock against a model of the ids pending and dead, reopening the
+// spool now and then. After each step it checks the counters (histogram
+// included) against a full scan, the pending and dead records and a
+// two-state Scan against the model, OldestPending and OverQuota; at the
+// end, that every kind of step was exercised.
+func randomMix(t *testing.T, cfg mixConfig) {
+	t.Helper()
+	clk := newClock()
+	opt := cfg.opt
+	opt.Now = clk.Now
+	s := openTest(t, opt)
+	rng := rand.New(rand.NewPCG(cfg.seed[0], cfg.seed[1]))
+	pending, dead := map[uint64]bool{}, map[uint64]bool{}
+	pick := func(ms ...map[uint64]bool) []uint64 {
+		var out []uint64
+		for _, m := range ms {
 			for id := range m {
 				if rng.IntN(3) == 0 {
 					out = append(out, id)
 				}
 			}
-			if rng.IntN(4) == 0 {
-				out = append(out, 1<<50+uint64(rng.IntN(10))) // unknown
-			}
-			return out
 		}
-		counts := map[string]int{}
-		for step := range 400 {
-			switch op := rng.IntN(10); {
-			case op < 4:
-				var es []Entry
-				for range 1 + rng.IntN(5) {
-					e := entry(rng.IntN(300), clk.Now().Add(-time.Duration(rng.IntN(1000))*time.Millisecond))
-					e.Event = bytes.Repeat([]byte{'e'}, rng.IntN(2000))
-					if rng.IntN(8) == 0 {
-						e.Key = nil
-					}
-					es = append(es, e)
+		if rng.IntN(4) == 0 {
+			out = append(out, 1<<50+uint64(rng.IntN(10))) // unknown
+		}
+		return out
+	}
+	counts := map[string]int{}
+	for step := range cfg.steps {
+		switch op := rng.IntN(15); {
+		case op < 4:
+			var es []Entry
+			for range 1 + rng.IntN(5) {
+				e := entry(rng.IntN(300), clk.Now().Add(-time.Duration(rng.IntN(1000))*time.Millisecond))
+				e.Event = bytes.Repeat([]byte{'e'}, rng.IntN(cfg.maxEvent))
+				if rng.IntN(8) == 0 {
+					e.Key = nil
 				}
-				res, err := s.Append(es)
-				if errors.Is(err, ErrOverQuota) {
-					counts["over quota"]++
-					break
+				es = append(es, e)
+			}
+			res, err := s.Append(es)
+			if errors.Is(err, ErrOverQuota) && opt.MaxBytes > 0 {
+				counts["over quota"]++
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, id := range res.IDs {
+				if res.Duplicate[i] {
+					counts["duplicate"]++
+				} else {
+					pending[id] = true
 				}
-				if err != nil {
-					t.Fatal(err)
+			}
+			counts["append"]++
+		case op < 6:
+			a := pick(pending)
+			if err := s.Ack(a); err != nil {
+				t.Fatal(err)
+			}
+			for _, id := range a {
+				delete(pending, id)
+			}
+			counts["ack"]++
+		case op < 7:
+			if err := s.Fail(pick(pending), strings.Repeat("f", rng.IntN(300))); err != nil {
+				t.Fatal(err)
+			}
+			counts["fail"]++
+		case op < 8:
+			for _, id := range pick(pending) {
+				err := s.Dead(id, strings.Repeat("d", rng.IntN(100)))
+				if pending[id] != (err == nil) {
+					t.Fatalf("Dead(%d) pending=%v: %v", id, pending[id], err)
 				}
-				for i, id := range res.IDs {
-					if res.Duplicate[i] {
-						counts["duplicate"]++
-					} else {
-						pending[id] = true
-					}
-				}
-				counts["append"]++
-			case op < 6:
-				a := pick(pending)
-				if err := s.Ack(a); err != nil {
-					t.Fatal(err)
-				}
-				for _, id := range a {
+				if err == nil {
 					delete(pending, id)
-				}
-				counts["ack"]++
-			case op < 7:
-				if err := s.Fail(pick(pending), strings.Repeat("e", rng.IntN(300))); err != nil {
-					t.Fatal(err)
-				}
-				counts["fail"]++
-			case op < 8:
-				for _, id := range pick(pending) {
-					err := s.Dead(id, strings.Repeat("d", rng.IntN(100)))
-					if pending[id] != (err == nil) {
-						t.Fatalf("Dead(%d) pending=%v: %v", id, pending[id], err)
-					}
-					if err == nil {
-						delete(pending, id)
-						dead[id] = true
-					}
-				}
-				counts["dead"]++
-			case op < 9:
-				if _, err := s.PruneDedup(1 + rng.IntN(20)); err != nil {
-					t.Fatal(err)
-				}
-				counts["prune"]++
-			default:
-				clk.Advance(time.Duration(rng.IntN(20)) * time.Minute)
-			}
-			if step%40 == 39 {
-				s = reopen(t, s, opt)
-			}
-			assertCounters(t, s)
-			got := ids(readAll(t, s, false))
-			if len(got) != len(pending) || !slices.IsSorted(got) {
-				t.Fatalf("step %d: pending %v, model has %d", step, got, len(pending))
-			}
-			for _, id := range got {
-				if !pending[id] {
-					t.Fatalf("step %d: %d pending, not in the model", step, id)
+					dead[id] = true
 				}
 			}
-			if d := readAll(t, s, true); len(d) != len(dead) {
-				t.Fatalf("step %d: %d dead, model has %d", step, len(d), len(dead))
+			counts["dead"]++
+		case op < 9:
+			if _, err := s.PruneDedup(1 + rng.IntN(20)); err != nil {
+				t.Fatal(err)
 			}
-			st, _ := s.Stats()
-			if len(got) > 0 {
-				first, _, _ := s.Get(got[0])
-				if !st.OldestPending.Equal(first.ReceivedAt) {
-					t.Fatalf("OldestPending %v, oldest record received %v", st.OldestPending, first.ReceivedAt)
+			counts["prune"]++
+		case op < 10:
+			ids := pick(dead)
+			moved, missing, err := s.Retry(ids)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var want []uint64
+			for _, id := range ids {
+				if dead[id] {
+					delete(dead, id)
+					pending[id] = true
+				} else {
+					want = append(want, id)
 				}
-			} else if !st.OldestPending.IsZero() {
-				t.Fatalf("OldestPending %v with nothing pending", st.OldestPending)
 			}
-			if s.OverQuota() != (st.Bytes >= opt.MaxBytes) {
-				t.Fatalf("OverQuota %v at %d of %d bytes", s.OverQuota(), st.Bytes, opt.MaxBytes)
+			if moved != len(ids)-len(want) || !slices.Equal(missing, want) {
+				t.Fatalf("Retry(%v) = %d, %v; model: %d moved, %v missing", ids, moved, missing, len(ids)-len(want), want)
+			}
+			counts["retry"] += moved
+		case op < 11:
+			m := uint64(1 + rng.IntN(3))
+			moved, err := s.RetryWhere(func(r Record) bool { return r.ID%m == 0 })
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := 0
+			for id := range dead {
+				if id%m == 0 {
+					want++
+					delete(dead, id)
+					pending[id] = true
+				}
+			}
+			if moved != want {
+				t.Fatalf("RetryWhere moved %d, model %d", moved, want)
+			}
+			counts["retry where"]++
+		case op < 12:
+			ids := pick(pending, dead)
+			n, missing, err := s.Delete(ids)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := 0
+			for _, id := range ids {
+				if pending[id] || dead[id] {
+					want++
+				}
+				delete(pending, id)
+				delete(dead, id)
+			}
+			if n != want || n+len(missing) != len(ids) {
+				t.Fatalf("Delete of %d ids: %d deleted, %d missing; model %d deleted", len(ids), n, len(missing), want)
+			}
+			counts["delete"]++
+		case op < 13:
+			state, m := State(rng.IntN(2)), uint64(2+rng.IntN(3))
+			n, err := s.DeleteWhere(state, func(r Record) bool { return r.ID%m == 1 })
+			if err != nil {
+				t.Fatal(err)
+			}
+			model := map[State]map[uint64]bool{StatePending: pending, StateDead: dead}[state]
+			want := 0
+			for id := range model {
+				if id%m == 1 {
+					want++
+					delete(model, id)
+				}
+			}
+			if n != want {
+				t.Fatalf("DeleteWhere(%v) deleted %d, model %d", state, n, want)
+			}
+			counts["delete where"]++
+		case op < 14:
+			var recs []Record
+			for range 1 + rng.IntN(6) {
+				r := Record{
+					ID: uint64(rng.IntN(400)), MessageID: fmt.Sprintf("i%d", rng.IntN(50)), Attempts: uint32(rng.IntN(40)),
+					LastError: "imported", ReceivedAt: clk.Now(), Event: bytes.Repeat([]byte{'i'}, rng.IntN(300)),
+				}
+				if rng.IntN(2) == 0 {
+					r.Key = []byte(fmt.Sprintf("key-%d", rng.IntN(400)))
+				}
+				recs = append(recs, r)
+			}
+			if stored := readAll(t, s, rng.IntN(2) == 0); len(stored) > 0 && rng.IntN(2) == 0 {
+				recs = append(recs, stored[rng.IntN(len(stored))]) // a repeat, as from an export imported twice
+			}
+			state := State(rng.IntN(2))
+			res, err := s.Import(state, recs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, id := range res.IDs {
+				if res.Duplicate[i] {
+					continue
+				}
+				if pending[id] || dead[id] {
+					t.Fatalf("Import stored record %d over an existing one", id)
+				}
+				if state == StatePending {
+					pending[id] = true
+				} else {
+					dead[id] = true
+				}
+			}
+			counts["import"] += res.Imported
+			counts["import duplicate"] += res.Duplicates
+		default:
+			clk.Advance(time.Duration(rng.IntN(30)) * time.Minute)
+		}
+		if step%cfg.reopenEvery == cfg.reopenEvery-1 {
+			s = reopen(t, s, opt)
+		}
+		assertCounters(t, s)
+		p, d := readAll(t, s, false), readAll(t, s, true)
+		for _, c := range []struct {
+			name  string
+			got   []uint64
+			model map[uint64]bool
+		}{{"pending", ids(p), pending}, {"dead", ids(d), dead}} {
+			if len(c.got) != len(c.model) || !slices.IsSorted(c.got) {
+				t.Fatalf("step %d: %s %v, model has %d", step, c.name, c.got, len(c.model))
+			}
+			for _, id := range c.got {
+				if !c.model[id] {
+					t.Fatalf("step %d: %d %s, not in the model", step, id, c.name)
+				}
 			}
 		}
-		t.Logf("operations: %v", counts)
-		for _, k := range []string{"append", "duplicate", "over quota", "ack", "fail", "dead", "prune"} {
-			if counts[k] == 0 {
-				t.Errorf("the random mix never exercised %q", k)
-			}
+		var scanned []Record
+		err := s.Scan([]State{StatePending, StateDead}, 0, func(_ State, r Record) (bool, error) {
+			scanned = append(scanned, r)
+			return true, nil
+		})
+		if err != nil || !reflect.DeepEqual(scanned, append(p, d...)) {
+			t.Fatalf("step %d: Scan(pending, dead) = %d records, %v; ReadPending and ReadDead %d", step, len(scanned), err, len(p)+len(d))
 		}
 		st, _ := s.Stats()
-		if st.FileSize <= 0 {
-			t.Fatalf("FileSize = %d", st.FileSize)
+		if len(p) > 0 {
+			if !st.OldestPending.Equal(p[0].ReceivedAt) {
+				t.Fatalf("OldestPending %v, oldest record received %v", st.OldestPending, p[0].ReceivedAt)
+			}
+		} else if !st.OldestPending.IsZero() {
+			t.Fatalf("OldestPending %v with nothing pending", st.OldestPending)
 		}
-	})
+		if s.OverQuota() != (opt.MaxBytes > 0 && st.Bytes >= opt.MaxBytes) {
+			t.Fatalf("OverQuota %v at %d of %d bytes", s.OverQuota(), st.Bytes, opt.MaxBytes)
+		}
+	}
+	t.Logf("operations: %v", counts)
+	want := []string{"append", "duplicate", "ack", "fail", "dead", "prune", "retry", "retry where", "delete", "delete where", "import", "import duplicate"}
+	if opt.MaxBytes > 0 {
+		want = append(want, "over quota")
+	}
+	for _, k := range want {
+		if counts[k] == 0 {
+			t.Errorf("the random mix never exercised %q", k)
+		}
+	}
+	if st, _ := s.Stats(); st.FileSize <= 0 {
+		t.Fatalf("FileSize = %d", st.FileSize)
+	}
 }
 
 func TestSpool_Close(t *testing.T) {
@@ -1193,4 +1350,46 @@ func TestSpool_Close(t *testing.T) {
 			t.Fatalf("%d records in the file, %d acknowledged", st.Pending, n)
 		}
 	})
+}
+
+// TestSpool_SeenWithin: the dedup-window check shared by Append and Import.
+func TestSpool_SeenWithin(t *testing.T) {
+	s := openTest(t, Options{})
+	at := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		dedup := tx.Bucket(bucketDedup)
+		v := append(u64(42), u64(uint64(at.UnixNano()))...)
+		if err := dedup.Put([]byte("k"), v); err != nil {
+			return err
+		}
+		if err := dedup.Put([]byte("short"), v[:15]); err != nil {
+			return err
+		}
+		for _, c := range []struct {
+			key    string
+			now    time.Time
+			window time.Duration
+			id     uint64
+			ok     bool
+		}{
+			{"k", at, time.Hour, 42, true},
+			{"k", at.Add(time.Hour - 1), time.Hour, 42, true},
+			{"k", at.Add(time.Hour), time.Hour, 0, false}, // expired at the window's end
+			{"k", at.Add(-time.Minute), time.Hour, 42, true},
+			{"missing", at, time.Hour, 0, false},
+			{"short", at, time.Hour, 0, false},
+		} {
+			if id, ok := seenWithin(dedup, []byte(c.key), c.now, c.window); id != c.id || ok != c.ok {
+				t.Errorf("seenWithin(%q, at%+v, %v) = %d, %v; want %d, %v", c.key, c.now.Sub(at), c.window, id, ok, c.id, c.ok)
+			}
+		}
+		// Gone again: the checked cleanup wants the index to match the counters.
+		if err := dedup.Delete([]byte("short")); err != nil {
+			return err
+		}
+		return dedup.Delete([]byte("k"))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }
