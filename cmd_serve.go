@@ -216,8 +216,14 @@ func serve(c *cli.Context) error {
 	}
 
 	sp, err := spool.Open(c.String("spool"), spool.Options{MaxBytes: quota, DedupWindow: c.Duration("dedup-window")})
+	if errors.Is(err, spool.ErrLocked) {
+		return fmt.Errorf("spool %s is locked by another process: another gwenrelay serving it, or a gwenrelay spool command reading it (an export in progress); stop that, or give this one another --spool", c.String("spool"))
+	}
 	if err != nil {
 		return err
+	}
+	if sp.SmallMapping() {
+		log.Warn("the address space is limited (ulimit -v, LimitAS=): the spool is mapped at bbolt's default size, so a long spool export can hold up commits while the file grows")
 	}
 	closeSpool := func() {
 		if err := sp.Close(); err != nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -124,6 +125,14 @@ type spoolSession struct {
 	source string
 }
 
+// path is the spool the session reached.
+func (s *spoolSession) path() string {
+	if s.live != nil {
+		return s.live.SpoolPath
+	}
+	return s.file.Path()
+}
+
 func (s *spoolSession) close() error {
 	if s.file != nil {
 		return s.file.Close()
@@ -144,7 +153,7 @@ func openSpool(c *cli.Context, mode access, opt spool.Options) (*spoolSession, e
 		case err == nil && !sameSpool(c, ac.SpoolPath):
 			sockErr = fmt.Errorf("the daemon on %s serves %s, not --spool %s", socket, ac.SpoolPath, path)
 		case err == nil && mode == fileOnly:
-			return nil, fmt.Errorf("spool %s is in use by the gwenrelay answering on %s; stop it first (systemctl stop gwenrelay), then run this again", ac.SpoolPath, socket)
+			return nil, errLive(ac, socket)
 		case err == nil:
 			return &spoolSession{admin: ac, live: ac, source: "live, through " + socket}, nil
 		default:
@@ -152,6 +161,9 @@ func openSpool(c *cli.Context, mode access, opt spool.Options) (*spoolSession, e
 		}
 	}
 	opt.ReadOnly = mode == readOnly
+	// Only import may create a spool; a repair of a mistyped --spool must
+	// not leave an empty one behind.
+	opt.MustExist = mode != fileOnly
 	opt.LockTimeout = c.Duration("lock-timeout")
 	sp, err := spool.Open(path, opt)
 	if err != nil {
@@ -174,6 +186,10 @@ func openSpool(c *cli.Context, mode access, opt spool.Options) (*spoolSession, e
 	}
 	in := relay.NewInspector(relay.InspectorConfig{Store: sp, Mapping: func() *relay.Mapping { return mapping }})
 	return &spoolSession{admin: in, file: sp, source: "file (no daemon answering on " + orNone(socket) + ")"}, nil
+}
+
+func errLive(ac *relay.AdminClient, socket string) error {
+	return fmt.Errorf("spool %s is in use by the gwenrelay answering on %s; stop it first (systemctl stop gwenrelay), then run this again", ac.SpoolPath, socket)
 }
 
 func orNone(s string) string {
@@ -238,45 +254,53 @@ func spoolStats(c *cli.Context) error {
 	if c.Bool("watch") && c.Duration("interval") <= 0 {
 		return usagef("--interval %s: want a positive duration", c.Duration("interval"))
 	}
-	return withSpool(c, readOnly, spool.Options{}, func(s *spoolSession) error {
-		w := c.App.Writer
-		tty := writerIsTerminal(w)
-		ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
-		defer stop()
-		for first := true; ; first = false {
-			v, err := s.admin.Stats(ctx)
-			if err != nil {
-				if !first && ctx.Err() != nil {
-					return nil
-				}
-				return err
-			}
-			at := now(c)
-			if c.IsSet("now") && !first {
-				at = time.Now()
-			}
-			v.SetAge(at)
-			if c.Bool("json") {
-				err = writeJSONLine(w, v)
-			} else {
-				if c.Bool("watch") && tty {
-					fmt.Fprint(w, "\x1b[H\x1b[2J") // home, clear: refresh in place
-				} else if !first {
-					fmt.Fprintln(w)
-				}
-				err = formatStats(w, v, s.source, at)
-			}
-			if err != nil || !c.Bool("watch") {
-				return err
-			}
-			select {
-			case <-ctx.Done():
+	w := c.App.Writer
+	tty := writerIsTerminal(w)
+	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	for first := true; ; first = false {
+		// Each refresh reaches the spool anew: a watch must not keep the
+		// file's lock (the daemon could not start) or stick to a daemon
+		// that has gone.
+		var v relay.StatsView
+		var source string
+		err := withSpool(c, readOnly, spool.Options{}, func(s *spoolSession) error {
+			var err error
+			v, err = s.admin.Stats(ctx)
+			source = s.source
+			return err
+		})
+		if err != nil {
+			if !first && ctx.Err() != nil {
 				return nil
-			case <-time.After(c.Duration("interval")):
-				// a refresh interval, not a wait for a condition
 			}
+			return err
 		}
-	})
+		at := now(c)
+		if c.IsSet("now") && !first {
+			at = time.Now()
+		}
+		v.SetAge(at)
+		if c.Bool("json") {
+			err = writeJSONLine(w, v)
+		} else {
+			if c.Bool("watch") && tty {
+				fmt.Fprint(w, "\x1b[H\x1b[2J") // home, clear: refresh in place
+			} else if !first {
+				fmt.Fprintln(w)
+			}
+			err = formatStats(w, v, source, at)
+		}
+		if err != nil || !c.Bool("watch") {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(c.Duration("interval")):
+			// a refresh interval, not a wait for a condition
+		}
+	}
 }
 
 func writeJSONLine(w io.Writer, v any) error {
@@ -473,10 +497,10 @@ func spoolRm(c *cli.Context) error {
 	if err != nil {
 		return usageError{err}
 	}
-	if err := confirm(c, fmt.Sprintf("Delete %d %s from %s for good?", len(ids), plural(len(ids), "record", "records"), c.String("spool"))); err != nil {
-		return err
-	}
 	return withSpool(c, readWrite, spool.Options{}, func(s *spoolSession) error {
+		if err := confirm(c, fmt.Sprintf("Delete %d %s from %s for good?", len(ids), plural(len(ids), "record", "records"), s.path())); err != nil {
+			return err
+		}
 		res, err := s.admin.Delete(c.Context, ids)
 		if err != nil {
 			return err
@@ -500,10 +524,10 @@ func spoolPurge(c *cli.Context) error {
 	if older > 0 {
 		what = "dead-letter records older than " + older.String()
 	}
-	if err := confirm(c, fmt.Sprintf("Delete %s from %s for good?", what, c.String("spool"))); err != nil {
-		return err
-	}
 	return withSpool(c, readWrite, spool.Options{}, func(s *spoolSession) error {
+		if err := confirm(c, fmt.Sprintf("Delete %s from %s for good?", what, s.path())); err != nil {
+			return err
+		}
 		res, err := s.admin.Purge(c.Context, older)
 		if err != nil {
 			return err
@@ -517,11 +541,11 @@ func exportStates(c *cli.Context) ([]spool.State, error) {
 	case c.Bool("all") && c.Bool("dead"):
 		return nil, usagef("--all already includes --dead")
 	case c.Bool("all"):
-		return []spool.State{spool.StatePending, spool.StateDead}, nil
+		return relay.ParseStates("all")
 	case c.Bool("dead"):
-		return []spool.State{spool.StateDead}, nil
+		return relay.ParseStates("dead")
 	}
-	return []spool.State{spool.StatePending}, nil
+	return relay.ParseStates("pending")
 }
 
 func spoolExport(c *cli.Context) error {
@@ -600,8 +624,23 @@ func spoolImport(c *cli.Context) error {
 	if err := readExport(in, func(int, spool.State, spool.Record) error { total++; return nil }); err != nil {
 		return fmt.Errorf("import %s: %w; nothing was imported", name, err)
 	}
+	_, statErr := os.Stat(c.String("spool"))
+	created := errors.Is(statErr, fs.ErrNotExist)
 	opt := spool.Options{DedupWindow: c.Duration("dedup-window")}
-	return withSpool(c, fileOnly, opt, func(s *spoolSession) error {
+	err := withSpool(c, fileOnly, opt, func(s *spoolSession) error {
+		// Records already in the spool are known by messageId (one scan):
+		// the dedup index alone forgets them after its window, or with
+		// --dedup-window 0.
+		stored := map[string]bool{}
+		err := s.file.Scan([]spool.State{spool.StatePending, spool.StateDead}, 0, func(_ spool.State, r spool.Record) (bool, error) {
+			if r.MessageID != "" {
+				stored[r.MessageID] = true
+			}
+			return true, nil
+		})
+		if err != nil {
+			return fmt.Errorf("read spool %s: %w", s.file.Path(), err)
+		}
 		var res importCount
 		var p *progress
 		if writerIsTerminal(c.App.ErrWriter) {
@@ -618,13 +657,22 @@ func spoolImport(c *cli.Context) error {
 					return err
 				}
 				res.Imported += r.Imported
-				res.Duplicates += r.Duplicates
+				res.Repeats += r.Duplicates
+				for i, rec := range batch[st] {
+					if !r.Duplicate[i] {
+						stored[rec.MessageID] = true
+					}
+				}
 				batch[st] = batch[st][:0]
 			}
-			p.update(int64(res.Imported + res.Duplicates))
+			p.update(int64(res.Imported + res.Repeats + res.Present))
 			return nil
 		}
-		err := readExport(in, func(_ int, st spool.State, r spool.Record) error {
+		err = readExport(in, func(_ int, st spool.State, r spool.Record) error {
+			if stored[r.MessageID] {
+				res.Present++
+				return nil
+			}
 			batch[st] = append(batch[st], r)
 			if len(batch[0])+len(batch[1]) >= 1000 {
 				return flush()
@@ -634,21 +682,33 @@ func spoolImport(c *cli.Context) error {
 		if err == nil {
 			err = flush()
 		}
-		p.done(int64(res.Imported + res.Duplicates))
+		p.done(int64(res.Imported + res.Repeats + res.Present))
 		if err != nil {
 			return fmt.Errorf("import %s: %w (%d records were imported before it)", name, err, res.Imported)
 		}
 		if c.Bool("json") {
 			return writeJSONLine(c.App.Writer, res)
 		}
-		fmt.Fprintf(c.App.Writer, "%d %s imported, %d %s skipped\n", res.Imported, plural(res.Imported, "record", "records"), res.Duplicates, plural(res.Duplicates, "duplicate", "duplicates"))
+		fmt.Fprintf(c.App.Writer, "%d %s imported, %d already in the spool, %d seen within the dedup window (delivered or deleted since; --dedup-window 0 imports them)\n",
+			res.Imported, plural(res.Imported, "record", "records"), res.Present, res.Repeats)
 		return nil
 	})
+	if err == nil && created {
+		// A spool that import created as root goes to the owner of its
+		// directory (the service user), which could not open it otherwise.
+		if dir, serr := os.Stat(filepath.Dir(c.String("spool"))); serr == nil {
+			if oerr := spool.MatchOwner(c.String("spool"), dir); oerr != nil {
+				return fmt.Errorf("import: the spool was written, but giving it its directory's owner failed: %w", oerr)
+			}
+		}
+	}
+	return err
 }
 
 type importCount struct {
-	Imported   int `json:"imported"`
-	Duplicates int `json:"duplicates"`
+	Imported int `json:"imported"`
+	Present  int `json:"already_present"` // same messageId already in the spool
+	Repeats  int `json:"within_dedup_window"`
 }
 
 // readExport reads an export from the start of f and calls fn for each
@@ -689,7 +749,7 @@ func spoolCompact(c *cli.Context) error {
 	// Refuse a live daemon's spool before touching the file.
 	if s := c.String("admin-socket"); s != "" {
 		if ac, err := relay.DialAdmin(c.Context, s); err == nil && sameSpool(c, ac.SpoolPath) {
-			return fmt.Errorf("spool %s is in use by the gwenrelay answering on %s; stop it first (systemctl stop gwenrelay), then run this again", ac.SpoolPath, s)
+			return errLive(ac, s)
 		}
 	}
 	path := c.String("spool")

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/gwenrelay/gwenrelay/relay"
 )
@@ -67,9 +68,20 @@ func (t *recordTable) add(v relay.RecordView) {
 
 func (t *recordTable) flush() error { return t.tw.Flush() }
 
+// printable replaces control characters (which webhook senders control:
+// an escape sequence in a userId must not reach the operator's terminal).
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return '?'
+		}
+		return r
+	}, s)
+}
+
 // cell makes s fit one table cell: one line, at most n runes, "-" if empty.
 func cell(s string, n int) string {
-	s = strings.Join(strings.Fields(s), " ")
+	s = printable(strings.Join(strings.Fields(s), " "))
 	if s == "" {
 		return "-"
 	}
@@ -81,7 +93,9 @@ func cell(s string, n int) string {
 
 func formatShow(w io.Writer, v relay.ShowView, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	row := func(k, format string, args ...any) { fmt.Fprintf(tw, "%s\t"+format+"\n", append([]any{k}, args...)...) }
+	row := func(k, format string, args ...any) {
+		fmt.Fprintf(tw, "%s\t%s\n", k, printable(fmt.Sprintf(format, args...)))
+	}
 	row("id", "%d", v.ID)
 	row("state", "%s", v.State)
 	row("kind", "%s", v.Kind)
@@ -121,9 +135,14 @@ func orDash(s string) string {
 func indentJSON(b []byte) string {
 	var out bytes.Buffer
 	if json.Indent(&out, b, "  ", "  ") != nil {
-		return "  " + string(b)
+		return "  " + printable(string(b))
 	}
-	return "  " + out.String()
+	// JSON escapes C0 controls in strings, but not C1 ones.
+	lines := strings.Split(out.String(), "\n")
+	for i := range lines {
+		lines[i] = printable(lines[i])
+	}
+	return "  " + strings.Join(lines, "\n")
 }
 
 // formatAge is a duration in at most two units: 45s, 3m12s, 5h4m, 2d3h.

@@ -304,3 +304,42 @@ func TestSpool_WedgedDaemon(t *testing.T) {
 		t.Errorf("admin socket after a clean stop: %v, want it removed", err)
 	}
 }
+
+// Mistakes in the command line exit 2, with a message that says what to
+// do; failures of the operation itself exit 1.
+func TestSpool_ExitCodes(t *testing.T) {
+	path := makeTestSpool(t, 1)
+	base := []string{"--spool", path, "--admin-socket", ""}
+	for _, c := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"purge"}, 2, "pass --dead"},
+		{[]string{"retry"}, 2, "needs record ids"},
+		{[]string{"retry", "--all", "--type", "x", "3"}, 2, "ids or --all, not both"},
+		{[]string{"rm", "--yes", "abc"}, 2, `"abc" is not a record id`},
+		{[]string{"rm", "1"}, 2, "pass --yes to confirm"},
+		{[]string{"show"}, 2, "one record id"},
+		{[]string{"show", "1", "--json"}, 2, "flags go first"},
+		{[]string{"ls", "--limit", "-1"}, 2, "--limit -1"},
+		{[]string{"export", "--all", "--dead"}, 2, "--all already includes --dead"},
+		{[]string{"ls", "--no-such-flag"}, 2, "no-such-flag"},
+		{[]string{"frobnicate"}, 2, `unknown spool command "frobnicate"`},
+		{[]string{"show", "99"}, 1, "record 99 is neither pending nor dead"},
+		{[]string{"retry", "1"}, 1, "record 1 is not dead-lettered"},
+	} {
+		args := append([]string{"spool", c.args[0]}, append(append([]string(nil), base...), c.args[1:]...)...)
+		if c.args[0] == "frobnicate" {
+			args = []string{"spool", "frobnicate"}
+		}
+		st, out, _ := e2eRun(t, 10*time.Second, args...)
+		if st.ExitCode() != c.code || !strings.Contains(out, c.want) {
+			t.Errorf("gwenrelay %s: exit %d, want %d with %q; output:\n%s", strings.Join(args, " "), st.ExitCode(), c.code, c.want, out)
+		}
+	}
+	// Nothing of that changed the spool.
+	if st := stoppedSpoolStats(t, path); st.Pending != 1 || st.Dead != 0 {
+		t.Errorf("after the refused commands: %+v, want the one pending record", st)
+	}
+}

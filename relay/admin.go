@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"encoding/json"
@@ -134,7 +135,7 @@ type ChangeResult struct {
 type AdminStore interface {
 	Path() string
 	Stats() (spool.Stats, error)
-	Scan(state spool.State, after uint64, fn func(spool.Record) (bool, error)) error
+	Scan(states []spool.State, after uint64, fn func(spool.State, spool.Record) (bool, error)) error
 	Get(id uint64) (spool.Record, bool, error)
 	Retry(ids []uint64) (int, []uint64, error)
 	RetryWhere(match func(spool.Record) bool) (int, error)
@@ -191,6 +192,7 @@ func (in *Inspector) Stats(ctx context.Context) (StatsView, error) {
 	for i, n := range st.Attempts {
 		v.Attempts = append(v.Attempts, AttemptsCount{Attempts: spool.AttemptBucketLabel(i), Records: n})
 	}
+	v.SetAge(in.cfg.Now())
 	if in.cfg.Delivery != nil {
 		d := in.cfg.Delivery()
 		v.Delivery = &DeliveryView{Delivered: d.Delivered, Failed: d.Failed, DeadLettered: d.DeadLettered, InFlight: d.InFlight, BackingOff: d.BackingOff}
@@ -245,6 +247,17 @@ func NewRecordView(r spool.Record, dead bool) RecordView {
 	return v
 }
 
+// The times a record may carry: the spool stores them as Unix nanoseconds.
+var (
+	minRecordTime = time.Unix(0, 1).UTC()
+	maxRecordTime = time.Date(2200, 1, 1, 0, 0, 0, 0, time.UTC)
+)
+
+func isJSONObject(b []byte) bool {
+	t := bytes.TrimLeft(b, " \t\r\n")
+	return len(t) > 0 && t[0] == '{' && json.Valid(b)
+}
+
 // Record turns a view read back from an export into a record to import.
 func (v RecordView) Record() (spool.Record, spool.State, error) {
 	var st spool.State
@@ -281,11 +294,25 @@ func (v RecordView) Record() (spool.Record, spool.State, error) {
 		}
 		r.Key = k
 	}
-	if len(v.Event) == 0 || string(v.Event) == "null" || !json.Valid(v.Event) {
+	if !isJSONObject(v.Event) {
 		return spool.Record{}, 0, fmt.Errorf("record %d: event must be a JSON object", v.ID)
 	}
-	if r.ReceivedAt.IsZero() {
-		return spool.Record{}, 0, fmt.Errorf("record %d: received_at is missing", v.ID)
+	if v.MessageID == "" {
+		// The drainer matches Segment's verdicts by messageId; analytics-go
+		// would give an empty one a random id, and the record would never
+		// leave the spool.
+		return spool.Record{}, 0, fmt.Errorf("record %d: message_id is missing", v.ID)
+	}
+	if len(r.Key) > spool.MaxKeyLen {
+		return spool.Record{}, 0, fmt.Errorf("record %d: dedup_key is %d bytes, at most %d", v.ID, len(r.Key), spool.MaxKeyLen)
+	}
+	for name, t := range map[string]time.Time{"received_at": r.ReceivedAt, "last_attempt_at": r.LastAttempt} {
+		if t.IsZero() && name == "last_attempt_at" {
+			continue
+		}
+		if t.Before(minRecordTime) || t.After(maxRecordTime) {
+			return spool.Record{}, 0, fmt.Errorf("record %d: %s %s is missing or out of range (1970 to 2200)", v.ID, name, t.Format(time.RFC3339))
+		}
 	}
 	return r, st, nil
 }
@@ -300,15 +327,15 @@ func (q ListQuery) match(v RecordView) bool {
 	return true
 }
 
-// List implements SpoolAdmin. It reads in one transaction per page of
-// records, from the id after q.After, and stops at q.Limit matches.
+// List implements SpoolAdmin. It reads in one read transaction, from the
+// id after q.After, and stops at q.Limit matches.
 func (in *Inspector) List(ctx context.Context, q ListQuery, fn func(RecordView) error) error {
 	state := spool.StatePending
 	if q.Dead {
 		state = spool.StateDead
 	}
 	n := 0
-	return in.cfg.Store.Scan(state, q.After, func(r spool.Record) (bool, error) {
+	return in.cfg.Store.Scan([]spool.State{state}, q.After, func(_ spool.State, r spool.Record) (bool, error) {
 		if err := ctx.Err(); err != nil {
 			return false, err
 		}
@@ -350,10 +377,12 @@ func (in *Inspector) Retry(ctx context.Context, req RetryRequest) (ChangeResult,
 	var err error
 	switch {
 	case req.All:
-		q := ListQuery{Type: req.Type}
-		res.Changed, err = in.cfg.Store.RetryWhere(func(r spool.Record) bool {
-			return r.Unreadable == "" && q.match(NewRecordView(r, true))
-		})
+		var match func(spool.Record) bool // all
+		if req.Type != "" {
+			q := ListQuery{Type: req.Type}
+			match = func(r spool.Record) bool { return q.match(NewRecordView(r, true)) }
+		}
+		res.Changed, err = in.cfg.Store.RetryWhere(match)
 	case len(req.IDs) > 0:
 		if req.Type != "" {
 			return res, badRequestf("a type filter goes with --all, not with ids")
@@ -399,34 +428,32 @@ func (in *Inspector) Purge(ctx context.Context, olderThan time.Duration) (Change
 	return ChangeResult{Changed: n}, err
 }
 
-// Export implements SpoolAdmin.
+// Export implements SpoolAdmin: all the states in one read transaction, a
+// consistent snapshot even while records move between them.
 func (in *Inspector) Export(ctx context.Context, states []spool.State, fn func([]byte) error) error {
-	for _, st := range states {
-		dead := st == spool.StateDead
-		err := in.cfg.Store.Scan(st, 0, func(r spool.Record) (bool, error) {
-			if err := ctx.Err(); err != nil {
-				return false, err
-			}
-			line, err := MarshalRecordLine(NewRecordView(r, dead))
-			if err != nil {
-				return false, err
-			}
-			return true, fn(line)
-		})
-		if err != nil {
-			return err
+	return in.cfg.Store.Scan(states, 0, func(st spool.State, r spool.Record) (bool, error) {
+		if err := ctx.Err(); err != nil {
+			return false, err
 		}
-	}
-	return nil
+		line, err := MarshalRecordLine(NewRecordView(r, st == spool.StateDead))
+		if err != nil {
+			return false, err
+		}
+		return true, fn(line)
+	})
 }
 
-// MarshalRecordLine encodes v as one NDJSON line (newline included).
+// MarshalRecordLine encodes v as one NDJSON line (newline included). The
+// event's bytes are kept as stored (no HTML escaping), so an export
+// imported and exported again is byte for byte the same.
 func MarshalRecordLine(v RecordView) ([]byte, error) {
-	b, err := json.Marshal(v)
-	if err != nil {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
 		return nil, fmt.Errorf("record %d: %w", v.ID, err)
 	}
-	return append(b, '\n'), nil
+	return b.Bytes(), nil
 }
 
 // ParseIDs reads record ids as the CLI and the admin API take them.

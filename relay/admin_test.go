@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"os"
@@ -417,5 +419,79 @@ func TestDialAdmin_Failures(t *testing.T) {
 	}
 	if took > AdminDialTimeout+2*time.Second {
 		t.Errorf("wedged daemon: gave up after %s, want about %s", took, AdminDialTimeout)
+	}
+}
+
+// An export whose reader stops is cut off after the write timeout, so its
+// read transaction (which keeps bbolt from reusing freed pages) ends.
+func TestAdmin_StalledExportIsCutOff(t *testing.T) {
+	old := streamWriteTimeout
+	streamWriteTimeout = 300 * time.Millisecond
+	t.Cleanup(func() { streamWriteTimeout = old })
+
+	// Opened here, not with openIngestSpool: the test closes it itself.
+	sp, err := spool.Open(filepath.Join(t.TempDir(), "spool.db"), spool.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var entries []spool.Entry
+	for i := 0; i < 4000; i++ {
+		raw := []byte(`{"type":"wallet_update","userId":"u` + strings.Repeat("x", 1000) + `","n":` + fmt.Sprint(i) + `}`)
+		e, err := GWENEntry(raw, "", 0, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		entries = append(entries, e)
+	}
+	if _, err := sp.Append(entries); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(t.TempDir(), "a.sock")
+	ln, err := ListenAdminSocket(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		_ = ServeAdmin(ctx, ln, AdminHandler(NewInspector(InspectorConfig{Store: sp}), drainQuietLog), drainQuietLog)
+	}()
+
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.(*net.UnixConn).SetReadBuffer(4096); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write([]byte("GET /v1/export HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	// Read nothing for a while: the server blocks on a full socket, then
+	// gives up after the write timeout.
+	time.Sleep(2 * time.Second) // the stall being tested, not a wait for a condition
+	if err := c.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	n, err := io.Copy(io.Discard, c)
+	if err != nil {
+		t.Fatalf("reading what the server sent before giving up: %v (after %d bytes)", err, n)
+	}
+	if n >= 4000*1000 {
+		t.Errorf("the whole export (%d bytes) arrived; want it cut off", n)
+	}
+	t.Logf("the server sent %d bytes and closed the connection", n)
+	// The read transaction is gone: Close, which needs every transaction
+	// to end, returns.
+	closed := make(chan error, 1)
+	go func() { closed <- sp.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("spool Close still waits for the export's read transaction")
 	}
 }

@@ -73,9 +73,6 @@ func DialAdmin(ctx context.Context, socket string) (*AdminClient, error) {
 	return ac, nil
 }
 
-// Socket returns the socket the client talks to.
-func (c *AdminClient) Socket() string { return c.socket }
-
 func (c *AdminClient) do(ctx context.Context, method, path string, body any) (*http.Response, error) {
 	var rd io.Reader
 	if body != nil {
@@ -233,12 +230,5 @@ func (c *AdminClient) Purge(ctx context.Context, olderThan time.Duration) (Chang
 
 // Export implements SpoolAdmin.
 func (c *AdminClient) Export(ctx context.Context, states []spool.State, fn func([]byte) error) error {
-	state := "pending"
-	switch {
-	case len(states) == 2:
-		state = "all"
-	case len(states) == 1 && states[0] == spool.StateDead:
-		state = "dead"
-	}
-	return c.streamLines(ctx, "/v1/export?state="+state, fn)
+	return c.streamLines(ctx, "/v1/export?state="+StatesParam(states), fn)
 }

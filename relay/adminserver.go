@@ -166,6 +166,17 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
 	return true
 }
 
+// StatesParam is the export selection as ParseStates reads it.
+func StatesParam(states []spool.State) string {
+	switch {
+	case len(states) == 2:
+		return "all"
+	case len(states) == 1 && states[0] == spool.StateDead:
+		return "dead"
+	}
+	return "pending"
+}
+
 // ParseStates reads an export selection: pending (the default), dead or all.
 func ParseStates(s string) ([]spool.State, error) {
 	switch s {
@@ -204,7 +215,7 @@ func parseListQuery(r *http.Request) (ListQuery, error) {
 // stream short, which the client sees as a last line that is an error
 // object ({"error": ...}) instead of a record.
 func streamNDJSON(w http.ResponseWriter, log *slog.Logger, produce func(emit func([]byte) error) error) {
-	bw := bufio.NewWriterSize(w, 64<<10)
+	bw := bufio.NewWriterSize(deadlineWriter{w: w, rc: http.NewResponseController(w)}, 64<<10)
 	started := false
 	err := produce(func(line []byte) error {
 		if !started {
@@ -240,6 +251,24 @@ type AdminSocket struct {
 	*net.UnixListener
 	path string
 	file os.FileInfo // the socket file as bound, to recognise it at Close
+}
+
+// streamWriteTimeout bounds each write of a streamed answer. An export or
+// a listing reads in one bbolt read transaction, and while it is open bbolt
+// cannot reuse pages freed by later commits, so the file grows: a client
+// that stops reading (an export piped into a pager left open) is cut off
+// instead of holding the transaction for ever.
+var streamWriteTimeout = 30 * time.Second // a variable for tests
+
+// deadlineWriter renews the connection's write deadline before each write.
+type deadlineWriter struct {
+	w  http.ResponseWriter
+	rc *http.ResponseController
+}
+
+func (d deadlineWriter) Write(p []byte) (int, error) {
+	_ = d.rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
+	return d.w.Write(p)
 }
 
 // ListenAdminSocket binds the admin API's Unix socket at path with mode
