@@ -9,9 +9,14 @@
 // the backlog's drain rate with --rate 0, end-to-end latency at a steady
 // 100 events/s, and ingest while the backlog drains.
 //
+// Then the spool CLI (admin.go; --admin=false skips it): `gwenrelay spool
+// stats|ls|show|export` on a copy of the backlog, each a process of the real
+// binary, through a running daemon's admin socket and on the stopped file.
+//
 //	go run ./bench                 # full run, 10-20 minutes
 //	go run ./bench --quick         # about a minute
 //	go run ./bench --out bench-results/ingest.md
+//	go run ./bench --ingest=false --drain=false   # only the spool CLI
 //
 // The relay runs in a child process (this binary re-executed with a hidden
 // subcommand) so that the load generator's memory and GC stay out of it; both
@@ -71,6 +76,9 @@ type config struct {
 	Perf            string
 	Sections        map[string]bool // delivery sections to run
 	MixedRate       float64
+
+	Admin     bool
+	AdminRuns int
 }
 
 func parseFlags(args []string) (config, error) {
@@ -97,6 +105,8 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.Perf, "perf", "", "after the drain throughput runs, drain once more under `perf record -g` of the relay and write the profile to FILE (not counted in the figures)")
 	sections := fs.String("delivery", "throughput,latency,mixed", "delivery sections to run: throughput (the backlog's drain rate), latency, mixed (ingest while draining)")
 	fs.Float64Var(&c.MixedRate, "mixed-rate", 0, "the relay's --rate in the ingest-while-draining comparison (0: no limit, the measurement's definition; other values are experiments)")
+	fs.BoolVar(&c.Admin, "admin", true, "run the spool CLI measurements: gwenrelay spool stats, ls and show as processes of the real binary on the backlog, live (through a daemon's admin socket) and offline (the file), and the throughput of spool export (--admin=false skips them; --ingest=false --drain=false runs only them)")
+	fs.IntVar(&c.AdminRuns, "admin-runs", 15, "rounds of the spool CLI commands per mode; medians are reported (export runs: --runs)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -134,6 +144,9 @@ func parseFlags(args []string) (config, error) {
 		if !set["latency-duration"] {
 			c.LatencyDuration = 30 * time.Second
 		}
+		if !set["admin-runs"] {
+			c.AdminRuns = 5
+		}
 	}
 	for _, s := range strings.Split(*clients, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
@@ -163,8 +176,10 @@ func parseFlags(args []string) (config, error) {
 		return c, fmt.Errorf("--latency-duration %v: want at least 1s", c.LatencyDuration)
 	case c.MixedRate < 0:
 		return c, fmt.Errorf("--mixed-rate %v: want 0 (no limit) or more", c.MixedRate)
-	case !c.Ingest && !c.Drain:
-		return c, errors.New("--ingest=false and --drain=false leave nothing to measure")
+	case c.AdminRuns < 1:
+		return c, fmt.Errorf("--admin-runs %d: want at least 1", c.AdminRuns)
+	case !c.Ingest && !c.Drain && !c.Admin:
+		return c, errors.New("--ingest=false, --drain=false and --admin=false leave nothing to measure")
 	}
 	return c, nil
 }
@@ -194,6 +209,7 @@ type bench struct {
 	openErr string
 	notes   []string
 	drain   drainResults
+	admin   adminResults
 
 	repeats   int // runs repeated because of noise
 	noisyKept int // runs still noisy after the last repeat
@@ -239,8 +255,8 @@ func run(args []string) error {
 		return err
 	}
 	b.mach = describeMachine()
-	progress("gwenrelay bench (ingest %v, delivery %v): %d run(s) of %v (+%v warm-up) per point, clients %v, backlog %d; spool files in %s (%s)",
-		cfg.Ingest, cfg.Drain, cfg.Runs, cfg.Duration, cfg.Warmup, cfg.Clients, cfg.Backlog, b.runDir, fsName)
+	progress("gwenrelay bench (ingest %v, delivery %v, spool CLI %v): %d run(s) of %v (+%v warm-up) per point, clients %v, backlog %d; spool files in %s (%s)",
+		cfg.Ingest, cfg.Drain, cfg.Admin, cfg.Runs, cfg.Duration, cfg.Warmup, cfg.Clients, cfg.Backlog, b.runDir, fsName)
 
 	if cfg.Ingest {
 		if err := b.runMain(); err != nil {
@@ -256,7 +272,16 @@ func run(args []string) error {
 	if cfg.Drain {
 		b.runDrain()
 	}
-	report := b.report()
+	if cfg.Admin {
+		b.runAdmin()
+	}
+	var report string
+	if cfg.Ingest || cfg.Drain {
+		report = b.report()
+	}
+	if cfg.Admin {
+		report += b.reportAdmin(!cfg.Ingest && !cfg.Drain)
+	}
 	fmt.Print(report)
 	if cfg.Out != "" {
 		if dir := filepath.Dir(cfg.Out); dir != "" {
