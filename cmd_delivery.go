@@ -67,6 +67,7 @@ func writeKey(c *cli.Context) (key, source string, err error) {
 type delivery struct {
 	newSender, newIsolation func(analytics.Callback) (relay.Sender, error)
 	rejections              *relay.RejectionLog // nil for the dry run
+	limiter                 *ratelimit.Limiter
 	close                   func() error
 	describe                []any
 }
@@ -94,7 +95,7 @@ func buildDelivery(c *cli.Context, log *slog.Logger) (*delivery, error) {
 			w, closeFn, where = f, f.Close, p
 		}
 		s := relay.NewDryRunSender(w, limiter)
-		return &delivery{newSender: s, newIsolation: s, close: closeFn,
+		return &delivery{newSender: s, newIsolation: s, close: closeFn, limiter: limiter,
 			describe: []any{"sink", "dry-run", "output", where}}, nil
 	}
 	if c.String("dry-run-file") != "" {
@@ -127,7 +128,7 @@ func buildDelivery(c *cli.Context, log *slog.Logger) (*delivery, error) {
 		Limiter:    limiter,
 		Logger:     log,
 	})
-	return &delivery{newSender: normal, newIsolation: iso, rejections: rejections, close: func() error { return nil },
+	return &delivery{newSender: normal, newIsolation: iso, rejections: rejections, close: func() error { return nil }, limiter: limiter,
 		describe: []any{"sink", "segment", "endpoint", endpoint, "write_key_from", source, "rate", c.Float64("rate"), "burst", c.Int("burst")}}, nil
 }
 

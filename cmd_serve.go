@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/urfave/cli/v2"
 	"github.com/urfave/cli/v2/altsrc"
 
@@ -30,6 +32,10 @@ const (
 	// what is not settled by then stays pending for the next start.
 	drainTimeout = 10 * time.Second
 )
+
+// wrapDrainStore, set only by tests, stands between the drainer and the
+// spool (to wedge the drainer and see the watchdog pings stop).
+var wrapDrainStore func(relay.DrainStore) relay.DrainStore
 
 func envVar(flag string) []string {
 	return []string{"GWENRELAY_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))}
@@ -59,6 +65,8 @@ func serveFlags() []cli.Flag {
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "max-body", Value: "5MiB", Usage: "largest request body, after gzip (bytes or units: 1048576, 1MiB)", EnvVars: envVar("max-body")}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "spool-max-bytes", Value: "0", Usage: "stored bytes at which ingest answers 503 (0: no quota; the file grows to about twice this)", EnvVars: envVar("spool-max-bytes")}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "dedup-window", Value: 24 * time.Hour, Usage: "how long a delivered event's key keeps a repeat out", EnvVars: envVar("dedup-window")}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "tls-cert", Usage: "certificate (PEM, chain first) for HTTPS on --listen; re-read on SIGHUP", EnvVars: envVar("tls-cert")}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "tls-key", Usage: "private key (PEM) for --tls-cert", EnvVars: envVar("tls-key")}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: envVar("log-level")}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text or json", EnvVars: envVar("log-format")}),
 	}, deliveryFlags()...)
@@ -202,6 +210,10 @@ func serve(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	certs, err := newCertSource(c.String("tls-cert"), c.String("tls-key"))
+	if err != nil {
+		return err
+	}
 	dlv, err := buildDelivery(c, log)
 	if err != nil {
 		return err
@@ -237,14 +249,21 @@ func serve(c *cli.Context) error {
 	}
 	log.Info("spool open", "path", sp.Path(), "pending", st.Pending, "dead", st.Dead, "bytes", st.Bytes)
 
-	ln, err := net.Listen("tcp", c.String("listen"))
+	ln, inherited, err := listen(c.String("listen"))
 	if err != nil {
 		closeSpool()
-		return fmt.Errorf("listen on %s: %w (is another process using the port? change --listen)", c.String("listen"), err)
+		return err
+	}
+	if certs != nil {
+		ln = tls.NewListener(ln, certs.config())
 	}
 	var ingest *relay.Ingest
+	var drainStore relay.DrainStore = sp
+	if wrapDrainStore != nil {
+		drainStore = wrapDrainStore(sp)
+	}
 	drainer, err := relay.NewDrainer(relay.DrainerConfig{
-		Store:              sp,
+		Store:              drainStore,
 		NewSender:          dlv.newSender,
 		NewIsolationSender: dlv.newIsolation,
 		Mapping:            func() *relay.Mapping { return ingest.Mapping() },
@@ -268,10 +287,14 @@ func serve(c *cli.Context) error {
 		return err
 	}
 	log.Info("delivery", dlv.describe...)
-	log.Info("listening", "addr", ln.Addr().String(), "version", buildVersion())
+	log.Info("listening", "addr", ln.Addr().String(), "version", buildVersion(), "inherited", inherited, "tls", certs != nil)
 
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	notify := newNotifier(log)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	drainCtx, stopDrain := context.WithCancel(context.Background())
@@ -299,17 +322,64 @@ func serve(c *cli.Context) error {
 		relay.PruneDedupLoop(pruneCtx, sp, time.Minute, log)
 	}()
 
+	status := func() string {
+		st, err := sp.Stats()
+		if err != nil {
+			return "cannot read the spool: " + err.Error()
+		}
+		d := drainer.Stats()
+		state := fmt.Sprintf("delivering (%d delivered since start)", d.Delivered)
+		if d.BackingOff {
+			state = fmt.Sprintf("backing off after a failed delivery (%d delivered since start)", d.Delivered)
+		}
+		return describeStatus(st.Pending, st.Dead, state)
+	}
+	alive := func(stall time.Duration) error {
+		if err := sp.Ping(stall); err != nil {
+			return err
+		}
+		if !drainer.Alive(stall) {
+			return fmt.Errorf("the drainer has not gone round its loop for %s", stall)
+		}
+		return nil
+	}
+	watchCtx, stopWatch := context.WithCancel(context.Background())
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		notify.watchdog(watchCtx, alive, status)
+	}()
+	// Ready: the spool is open, the listener bound, the drainer started.
+	notify.send("READY=1", "STATUS="+status())
+
 	var runErr error
 	drained := false
-	select {
-	case <-ctx.Done():
-		log.Info("stopping: finishing requests in progress")
-	case err := <-serveErr:
-		runErr = fmt.Errorf("serve %s: %w", ln.Addr(), err)
-	case err := <-drainDone:
-		drained = true
-		runErr = fmt.Errorf("drainer stopped: %w", err)
+wait:
+	for {
+		select {
+		case <-hup:
+			notify.send("RELOADING=1", daemon.SdNotifyMonotonicUsec())
+			if err := reload(c.Context, log, ingest, dlv.limiter, c.Int("burst"), certs); err != nil {
+				log.Error("reload failed; the previous settings stay in force", "error", err)
+				notify.send("READY=1", "STATUS=reload failed: "+err.Error())
+				continue
+			}
+			notify.send("READY=1", "STATUS="+status())
+		case <-ctx.Done():
+			log.Info("stopping: finishing requests in progress")
+			break wait
+		case err := <-serveErr:
+			runErr = fmt.Errorf("serve %s: %w", ln.Addr(), err)
+			break wait
+		case err := <-drainDone:
+			drained = true
+			runErr = fmt.Errorf("drainer stopped: %w", err)
+			break wait
+		}
 	}
+	notify.send("STOPPING=1", "STATUS=stopping")
+	stopWatch()
+	<-watchDone
 	// Ingest and delivery stop side by side, each within its own deadline;
 	// the spool closes only after both, so every acknowledged event and
 	// every delivery verdict is committed first.

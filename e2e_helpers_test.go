@@ -122,6 +122,12 @@ type e2eStartOptions struct {
 	// Raw uses args as given instead of adding serve --listen 127.0.0.1:0
 	// --log-format json --spool and an unreachable Segment.
 	Raw bool
+	// Env is added to the environment.
+	Env []string
+	// Listener, when set, is passed as systemd passes a socket-activated
+	// one: as fd 3, with LISTEN_FDS=1 and LISTEN_PID set to the process's
+	// own pid (through a shell that execs the binary).
+	Listener *os.File
 }
 
 // e2eStart runs `gwenrelay serve --listen 127.0.0.1:0 --log-format json
@@ -162,14 +168,20 @@ func e2eStartOpts(t testing.TB, o e2eStartOptions, spoolPath string, extra ...st
 		return nil, err
 	}
 	p.cmd = exec.Command(bin, args...)
+	if o.Listener != nil {
+		p.cmd = exec.Command("/bin/sh", append([]string{"-c", `LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@"`, bin}, args...)...)
+		p.cmd.ExtraFiles = []*os.File{o.Listener}
+	}
 	p.cmd.Stdout = pw
 	p.cmd.Stderr = pw
-	// No inherited GWENRELAY_* settings: the test decides every flag.
+	// No inherited GWENRELAY_* or systemd settings: the test decides.
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "GWENRELAY_") && !strings.HasPrefix(kv, "STATE_DIRECTORY=") {
+		if !strings.HasPrefix(kv, "GWENRELAY_") && !strings.HasPrefix(kv, "STATE_DIRECTORY=") &&
+			!strings.HasPrefix(kv, "NOTIFY_SOCKET=") && !strings.HasPrefix(kv, "LISTEN_") && !strings.HasPrefix(kv, "WATCHDOG_") {
 			p.cmd.Env = append(p.cmd.Env, kv)
 		}
 	}
+	p.cmd.Env = append(p.cmd.Env, o.Env...)
 	if err := p.cmd.Start(); err != nil {
 		pr.Close()
 		pw.Close()

@@ -28,6 +28,9 @@ func buildVersion() string {
 	return "dev"
 }
 
+// argsKey holds the command line in the context, for reloads.
+type argsKey struct{}
+
 // usageError is a mistake in the command line or configuration: exit code 2.
 type usageError struct{ err error }
 
@@ -79,6 +82,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 // runContext is run with a context whose end stops serve as SIGTERM does.
 func runContext(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	// serve re-reads its configuration on SIGHUP from the same command line.
+	ctx = context.WithValue(ctx, argsKey{}, args)
 	err := newApp(stdout, stderr).RunContext(ctx, args)
 	if err == nil {
 		return 0

@@ -127,6 +127,8 @@ type Drainer struct {
 	reading bool
 	gone    map[uint64]bool
 
+	beat atomic.Int64 // unix nanos of the loop's last round
+
 	results   chan result
 	resMu     sync.Mutex // guards sending on results against its close
 	resClosed bool
@@ -222,6 +224,14 @@ func (d *Drainer) Notify() {
 	}
 }
 
+// Alive reports whether the drainer's loop has gone round within stall:
+// its waits are bounded, so a loop that has not is stuck (a deadlock, a
+// call that never returns), and the service watchdog should restart the
+// process. A drainer backing off from a Segment outage is alive.
+func (d *Drainer) Alive(stall time.Duration) bool {
+	return time.Since(time.Unix(0, d.beat.Load())) < stall
+}
+
 // Rewind makes the drainer read again from the oldest pending record: the
 // admin API calls it after moving dead records back to pending, under their
 // old ids, behind the drainer's read position.
@@ -260,6 +270,7 @@ func jitterBackoff(failures int, base, max time.Duration) time.Duration {
 // then stay pending and are sent again, with the same messageId, at the next
 // start.
 func (d *Drainer) Run(ctx context.Context, drainTimeout time.Duration) error {
+	d.beat.Store(time.Now().UnixNano())
 	loopDone := make(chan error, 1)
 	go func() { loopDone <- d.loop(ctx) }()
 	var err error
@@ -325,7 +336,12 @@ func (d *Drainer) loop(ctx context.Context) error {
 	var lastAt time.Time
 	poll := time.NewTicker(d.cfg.PollInterval)
 	defer poll.Stop()
+	// Every wait below wakes at least once a second, so that the loop's
+	// heartbeat (for the service watchdog) says it is running, not stuck.
+	heartbeat := time.NewTicker(time.Second)
+	defer heartbeat.Stop()
 	for {
+		d.beat.Store(time.Now().UnixNano())
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -346,7 +362,7 @@ func (d *Drainer) loop(ctx context.Context) error {
 			continue
 		}
 		if wait > 0 {
-			if !sleepCtx(ctx, wait) {
+			if !sleepCtx(ctx, min(wait, time.Second)) {
 				return nil
 			}
 			continue
@@ -356,6 +372,7 @@ func (d *Drainer) loop(ctx context.Context) error {
 			case <-ctx.Done():
 				return nil
 			case <-d.settled:
+			case <-heartbeat.C:
 			}
 			continue
 		}
@@ -371,6 +388,7 @@ func (d *Drainer) loop(ctx context.Context) error {
 			case <-d.settled:
 			case <-poll.C:
 				cursor = 0 // pick up records whose failure was settled behind the cursor
+			case <-heartbeat.C:
 			}
 			continue
 		}

@@ -452,3 +452,22 @@ func admit(dedup, exp *bolt.Bucket, c *counters, key []byte, id uint64, now time
 	}
 	return exp.Put(expKey(v[8:], key), nil)
 }
+
+// Ping sends an empty operation through the commit loop and waits up to
+// timeout for it to come back: the daemon's watchdog check that commits
+// are being made. It writes nothing (the op is refused, so a group of only
+// pings is rolled back without an fsync).
+func (s *Spool) Ping(timeout time.Duration) error {
+	done := make(chan error, 1)
+	go func() {
+		done <- s.submitAdmin(&op{apply: func(*bolt.Tx, *counters, time.Time) error { return reject(errUnchanged) }})
+	}()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		return fmt.Errorf("spool %s: the commit loop has not answered for %s", s.path, timeout)
+	}
+}

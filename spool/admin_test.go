@@ -1409,3 +1409,32 @@ func TestSpool_Compact(t *testing.T) {
 		}
 	})
 }
+
+func TestSpool_Ping(t *testing.T) {
+	s := openTest(t, Options{})
+	l := watchCommits(s)
+	if err := s.Ping(5 * time.Second); err != nil {
+		t.Fatalf("Ping of an idle spool: %v", err)
+	}
+	if n := l.n(); n != 0 {
+		t.Errorf("a ping committed %d groups, want none (nothing to write)", n)
+	}
+	// A commit loop that is held does not answer.
+	release := holdLoop(t, s, l)
+	start := time.Now()
+	err := s.Ping(200 * time.Millisecond)
+	if err == nil || !strings.Contains(err.Error(), "has not answered") {
+		t.Errorf("Ping of a held commit loop: %v", err)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("Ping gave up after %s, want about 200ms", took)
+	}
+	release()
+	if err := s.Ping(5 * time.Second); err != nil {
+		t.Errorf("Ping after the loop was released: %v", err)
+	}
+	s.Close()
+	if err := s.Ping(time.Second); !errors.Is(err, ErrClosed) {
+		t.Errorf("Ping of a closed spool: %v, want ErrClosed", err)
+	}
+}
