@@ -76,7 +76,9 @@ type DrainerConfig struct {
 	YieldRate float64
 	// IngestCount returns how many events ingest has spooled so far.
 	IngestCount func() int64
-	Logger      *slog.Logger
+	// Observer, when set, is told of deliveries and failures (for metrics).
+	Observer DrainObserver
+	Logger   *slog.Logger
 }
 
 // DefaultMaxInFlightRecords is the default bound on records being delivered.
@@ -665,6 +667,9 @@ func (d *Drainer) settle() {
 				d.backoff("the spool could not delete delivered records: " + err.Error())
 			} else {
 				d.delivered.Add(int64(len(ids)))
+				if d.cfg.Observer != nil {
+					d.cfg.Observer.Delivered(len(ids))
+				}
 			}
 			d.release(acks, rewind)
 			acks = acks[:0]
@@ -680,6 +685,9 @@ func (d *Drainer) settle() {
 				}
 			}
 			d.failed.Add(int64(len(fails)))
+			if d.cfg.Observer != nil {
+				d.cfg.Observer.DeliveryFailed(failureTransient, len(fails))
+			}
 			// They stay pending, likely behind the cursor: the loop must
 			// go back for them before it takes newer records.
 			d.release(fails, true)
@@ -717,6 +725,9 @@ func (d *Drainer) settle() {
 					d.backoff("the spool could not move a record to dead letters: " + err.Error())
 				} else if err == nil {
 					d.dead.Add(1)
+					if d.cfg.Observer != nil {
+						d.cfg.Observer.DeliveryFailed(failureDeadLettered, 1)
+					}
 					d.log.Warn("record moved to dead letters", "id", r.f.rec.ID, "reason", r.reason)
 				}
 				d.release([]result{r}, stillPending)
@@ -725,6 +736,9 @@ func (d *Drainer) settle() {
 				// It stays in flight (ours) until its isolated send settles.
 				d.isolate = append(d.isolate, r.f.rec)
 				d.mu.Unlock()
+				if d.cfg.Observer != nil {
+					d.cfg.Observer.DeliveryFailed(failureRejected, 1)
+				}
 				d.log.Info("Segment rejected a batch; re-sending its records one a batch to find the culprit", "id", r.f.rec.ID, "reason", r.reason)
 				d.signal()
 			case resDrop:

@@ -60,6 +60,9 @@ type IngestConfig struct {
 	// OnSpooled, when set, is called after each successful commit (the
 	// drainer uses it to pick new records up at once).
 	OnSpooled func()
+	// Observer, when set, is told of every answer, validated event and
+	// refusal (for metrics); nil costs nothing.
+	Observer IngestObserver
 }
 
 // Ingest serves POST /webhook: authenticate, bound, validate, map, spool,
@@ -77,6 +80,7 @@ type Ingest struct {
 	now       func() time.Time
 	log       *slog.Logger
 	onSpooled func()
+	obs       IngestObserver
 	stopping  atomic.Bool
 	// storeFailing is set when the last Append failed for want of disk or a
 	// failed commit (not a refusal such as the quota), cleared by a success:
@@ -90,6 +94,7 @@ type Ingest struct {
 // NewIngest builds the handler.
 func NewIngest(cfg IngestConfig) *Ingest {
 	h := &Ingest{store: cfg.Store, maxBody: cfg.MaxBody, now: cfg.Now, log: cfg.Logger, onSpooled: cfg.OnSpooled, typesSeen: map[string]bool{}}
+	h.obs = cfg.Observer
 	if h.maxBody <= 0 {
 		h.maxBody = DefaultMaxBody
 	}
@@ -169,6 +174,7 @@ type apiError struct {
 	status     int
 	msg        string
 	retryAfter int
+	reason     string // for metrics, where status does not tell it (see as)
 }
 
 func (e *apiError) Error() string { return e.msg }
@@ -199,6 +205,9 @@ func writeError(w http.ResponseWriter, e *apiError) {
 
 func (h *Ingest) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	resp, status, aerr := h.handle(w, r)
+	if h.obs != nil {
+		h.observeAnswer(resp, status, aerr)
+	}
 	if aerr != nil {
 		if aerr.status >= 500 {
 			h.log.Warn("webhook refused", "status", aerr.status, "error", aerr.msg, "remote", r.RemoteAddr)
@@ -221,7 +230,7 @@ func (h *Ingest) handle(w http.ResponseWriter, r *http.Request) (*ingestResponse
 		// Ask the client to drop this keep-alive connection: the listener is
 		// about to close and the next request should go elsewhere.
 		w.Header().Set("Connection", "close")
-		return nil, 0, unavailable(5, "gwenrelay is shutting down; retry shortly")
+		return nil, 0, unavailable(5, "gwenrelay is shutting down; retry shortly").as(rejectStopping)
 	}
 	auth := h.auth.Load()
 	if !auth.checkToken(r) {
@@ -251,7 +260,7 @@ func (h *Ingest) handle(w http.ResponseWriter, r *http.Request) (*ingestResponse
 	case h.inflight <- struct{}{}:
 		defer func() { <-h.inflight }()
 	default:
-		return nil, 0, unavailable(1, "too many requests in progress; retry shortly")
+		return nil, 0, unavailable(1, "too many requests in progress; retry shortly").as(rejectOverloaded)
 	}
 	// Reserve memory for the body before reading it: what it declares, or
 	// the limit when it does not say (chunked) or is compressed.
@@ -262,7 +271,7 @@ func (h *Ingest) handle(w http.ResponseWriter, r *http.Request) (*ingestResponse
 	need *= 3
 	if total := h.buffered.Add(need); total > h.maxBuf && total != need {
 		h.buffered.Add(-need)
-		return nil, 0, unavailable(1, "too much request data in progress; retry shortly")
+		return nil, 0, unavailable(1, "too much request data in progress; retry shortly").as(rejectOverloaded)
 	}
 	defer h.buffered.Add(-need)
 
@@ -302,13 +311,13 @@ func (h *Ingest) handle(w http.ResponseWriter, r *http.Request) (*ingestResponse
 func storeError(err error) *apiError {
 	switch {
 	case errors.Is(err, spool.ErrOverQuota):
-		return unavailable(30, "%v; retry later", err)
+		return unavailable(30, "%v; retry later", err).as(rejectOverQuota)
 	case errors.Is(err, spool.ErrClosed):
-		return unavailable(5, "gwenrelay is shutting down; retry shortly")
+		return unavailable(5, "gwenrelay is shutting down; retry shortly").as(rejectStopping)
 	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
-		return unavailable(30, "spool disk is full; nothing was stored, retry later")
+		return unavailable(30, "spool disk is full; nothing was stored, retry later").as(rejectDiskFull)
 	}
-	return unavailable(5, "spool could not commit; nothing was stored, retry later")
+	return unavailable(5, "spool could not commit; nothing was stored, retry later").as(rejectCommitFailed)
 }
 
 type requestBody struct {
@@ -369,6 +378,10 @@ func (h *Ingest) parse(body []byte, idemKey string, now time.Time) ([]spool.Entr
 	}
 	mapping := h.mapping.Load()
 	entries := make([]spool.Entry, len(raws))
+	var types []string // for the observer
+	if h.obs != nil {
+		types = make([]string, 0, len(raws))
+	}
 	for i, raw := range raws {
 		where := ""
 		if array {
@@ -394,7 +407,13 @@ func (h *Ingest) parse(body []byte, idemKey string, now time.Time) ([]spool.Entr
 			return nil, errorf(http.StatusRequestEntityTooLarge, "%s", joinPath(where, fmt.Errorf("the Segment message would be %d bytes; Segment accepts at most %d", len(enc), MaxMessageBytes)))
 		}
 		h.noteType(ev.Type)
+		if types != nil {
+			types = append(types, ev.Type)
+		}
 		entries[i] = entry
+	}
+	if h.obs != nil {
+		h.obs.EventsReceived(types)
 	}
 	return entries, nil
 }

@@ -31,11 +31,11 @@ func NewServer(ingest *Ingest) *Server {
 	s := &Server{Ingest: ingest}
 	mux := http.NewServeMux()
 	mux.Handle("/webhook", ingest)
-	mux.HandleFunc("/healthz", s.healthz)
-	mux.HandleFunc("/readyz", s.readyz)
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("/healthz", ingest.counted(routeHealthz, healthz))
+	mux.HandleFunc("/readyz", ingest.counted(routeReadyz, readyz(ingest.Ready)))
+	mux.HandleFunc("/", ingest.counted(routeOther, func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errorf(http.StatusNotFound, "no such endpoint %s: POST events to /webhook", r.URL.Path))
-	})
+	}))
 	s.http = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: ReadHeaderTimeout,
@@ -81,21 +81,34 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return s.http.Shutdown(ctx)
 }
 
-func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+// healthz says the process answers (the public and the admin listener).
+func healthz(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 }
 
-// readyz says whether a load balancer should send webhooks here: not while
-// stopping, and not while the spool is over its quota.
-func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
-	switch {
-	case s.Ingest.Stopping():
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "stopping"})
-	case s.Ingest.store.OverQuota():
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "spool over quota"})
-	case s.Ingest.StoreFailing():
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "spool cannot commit (disk full?)"})
-	default:
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+// readyz answers 200 or 503 as ready says, with its status.
+func readyz(ready func() (bool, string)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		ok, status := ready()
+		code := http.StatusOK
+		if !ok {
+			code = http.StatusServiceUnavailable
+		}
+		writeJSON(w, code, map[string]string{"status": status})
 	}
+}
+
+// Ready says whether a load balancer should send webhooks here, and if not
+// why: not while stopping, not while the spool is over its quota, and not
+// while its commits fail. Both listeners' /readyz answer it.
+func (h *Ingest) Ready() (ok bool, status string) {
+	switch {
+	case h.Stopping():
+		return false, "stopping"
+	case h.store.OverQuota():
+		return false, "spool over quota"
+	case h.StoreFailing():
+		return false, "spool cannot commit (disk full?)"
+	}
+	return true, "ready"
 }
