@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"flag"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -9,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	analytics "github.com/segmentio/analytics-go/v3"
@@ -24,7 +26,7 @@ func deliveryFlags() []cli.Flag {
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "write-key", Usage: "Segment write key (visible to other local users in the process list: prefer --write-key-file or $CREDENTIALS_DIRECTORY/write-key)", EnvVars: envVar("write-key")}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "write-key-file", Usage: "file holding the Segment write key", EnvVars: envVar("write-key-file")}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "segment-endpoint", Value: relay.DefaultSegmentEndpoint, Usage: "Segment API base URL (EU workspaces: https://events.eu1.segmentapis.com)", EnvVars: envVar("segment-endpoint")}),
-		altsrc.NewFloat64Flag(&cli.Float64Flag{Name: "rate", Value: 500, Usage: "events per second sent to Segment (0: no limit)", EnvVars: envVar("rate")}),
+		&lenientFloat64Flag{Float64Flag: altsrc.NewFloat64Flag(&cli.Float64Flag{Name: "rate", Value: 500, Usage: "events per second sent to Segment (0: no limit)", EnvVars: envVar("rate")})},
 		altsrc.NewIntFlag(&cli.IntFlag{Name: "burst", Value: 100, Usage: "events that may go at once above the rate; also the largest batch", EnvVars: envVar("burst")}),
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "dry-run", Usage: "do not send to Segment: write each drained event as an NDJSON line to stdout or --dry-run-file, and delete it from the spool", EnvVars: envVar("dry-run")}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "dry-run-file", Usage: "with --dry-run, append the NDJSON lines to this file instead of stdout (not fsynced: a dry run is for looking)", EnvVars: envVar("dry-run-file")}),
@@ -75,7 +77,7 @@ type delivery struct {
 // buildDelivery picks Segment or, with --dry-run, the NDJSON sink. Without a
 // write key and without --dry-run it refuses: an operator who forgot the
 // key must not see events drained somewhere and deleted.
-func buildDelivery(c *cli.Context, log *slog.Logger) (*delivery, error) {
+func buildDelivery(c *cli.Context, log *slog.Logger, metrics *relay.Metrics) (*delivery, error) {
 	if c.Float64("rate") < 0 {
 		return nil, usagef("--rate %v: want 0 (no limit) or more", c.Float64("rate"))
 	}
@@ -83,6 +85,7 @@ func buildDelivery(c *cli.Context, log *slog.Logger) (*delivery, error) {
 		return nil, usagef("--burst %d: want 1 or more", c.Int("burst"))
 	}
 	limiter := ratelimit.New(c.Float64("rate"), c.Int("burst"))
+	metrics.WatchLimiter(limiter)
 	if c.Bool("dry-run") {
 		var w io.Writer = c.App.Writer
 		closeFn := func() error { return nil }
@@ -96,7 +99,7 @@ func buildDelivery(c *cli.Context, log *slog.Logger) (*delivery, error) {
 		}
 		s := relay.NewDryRunSender(w, limiter)
 		return &delivery{newSender: s, newIsolation: s, close: closeFn, limiter: limiter,
-			describe: []any{"sink", "dry-run", "output", where}}, nil
+			describe: []any{"sink", "dry-run", "output", where, "rate", c.Float64("rate"), "burst", c.Int("burst")}}, nil
 	}
 	if c.String("dry-run-file") != "" {
 		return nil, usagef("--dry-run-file needs --dry-run")
@@ -127,6 +130,7 @@ func buildDelivery(c *cli.Context, log *slog.Logger) (*delivery, error) {
 		Endpoint:   endpoint,
 		Limiter:    limiter,
 		Logger:     log,
+		Observe:    metrics.ObserveUpload,
 	})
 	return &delivery{newSender: normal, newIsolation: iso, rejections: rejections, close: func() error { return nil }, limiter: limiter,
 		describe: []any{"sink", "segment", "endpoint", endpoint, "write_key_from", source, "rate", c.Float64("rate"), "burst", c.Int("burst")}}, nil
@@ -146,4 +150,41 @@ func isLoopback(host string) bool {
 // under analytics-go's 1,000 concurrent requests.
 func maxInFlight(burst int) int {
 	return min(relay.DefaultMaxInFlightRecords, 500*max(burst, 1))
+}
+
+// lenientFloat64Flag is a float flag that also takes a whole number from
+// the --config file: YAML reads "rate: 500" as an int, and altsrc would
+// refuse it as a mismatched type.
+type lenientFloat64Flag struct {
+	*altsrc.Float64Flag
+	set *flag.FlagSet
+}
+
+func (f *lenientFloat64Flag) Apply(set *flag.FlagSet) error {
+	f.set = set
+	return f.Float64Flag.Apply(set)
+}
+
+func (f *lenientFloat64Flag) ApplyInputSourceValue(c *cli.Context, isc altsrc.InputSourceContext) error {
+	err := f.Float64Flag.ApplyInputSourceValue(c, isc)
+	if err == nil {
+		return nil
+	}
+	n, ierr := isc.Int(f.Name)
+	if ierr != nil || f.set == nil {
+		return err
+	}
+	// The command line and the environment win over the file.
+	if c.IsSet(f.Name) {
+		return nil
+	}
+	for _, e := range f.EnvVars {
+		if _, ok := os.LookupEnv(e); ok {
+			return nil
+		}
+	}
+	for _, name := range f.Names() {
+		_ = f.set.Set(name, strconv.Itoa(n))
+	}
+	return nil
 }

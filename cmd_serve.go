@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/urfave/cli/v2"
 	"github.com/urfave/cli/v2/altsrc"
 
@@ -57,6 +59,7 @@ func serveFlags() []cli.Flag {
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "listen", Value: ":8080", Usage: "address for webhooks, /healthz and /readyz", EnvVars: envVar("listen")}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "spool", Value: defaultSpoolPath(), Usage: "spool file", EnvVars: envVar("spool")}),
 		altsrc.NewStringFlag(adminSocketFlag()),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "admin-listen", Value: "127.0.0.1:8081", Usage: "address for /metrics (Prometheus), /healthz and /readyz (empty: none)", EnvVars: envVar("admin-listen")}),
 		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "inbound-token", Usage: "accepted sender token (repeat for rotation); prefer --inbound-token-file", EnvVars: envVar("inbound-token")}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "inbound-token-file", Usage: "file with accepted sender tokens, one a line", EnvVars: envVar("inbound-token-file")}),
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "insecure-no-auth", Usage: "accept webhooks without a credential (trusted networks only)", EnvVars: envVar("insecure-no-auth")}),
@@ -214,7 +217,13 @@ func serve(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	dlv, err := buildDelivery(c, log)
+	if _, _, err := net.SplitHostPort(c.String("admin-listen")); c.String("admin-listen") != "" && err != nil {
+		return usagef("--admin-listen %q: want host:port, such as 127.0.0.1:8081 (or empty for none)", c.String("admin-listen"))
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := relay.NewMetrics(reg)
+	dlv, err := buildDelivery(c, log, metrics)
 	if err != nil {
 		return err
 	}
@@ -237,6 +246,8 @@ func serve(c *cli.Context) error {
 	if sp.SmallMapping() {
 		log.Warn("the address space is limited (ulimit -v, LimitAS=): the spool is mapped at bbolt's default size, so a long spool export can hold up commits while the file grows")
 	}
+	sp.SetCommitHook(metrics.ObserveCommit)
+	metrics.WatchSpool(sp.Stats)
 	closeSpool := func() {
 		if err := sp.Close(); err != nil {
 			log.Error("closing spool", "error", err)
@@ -272,19 +283,39 @@ func serve(c *cli.Context) error {
 		IngestBusy:         func() bool { return ingest.Busy() },
 		IngestCount:        func() int64 { return ingest.Spooled() },
 		Logger:             log,
+		Observer:           metrics,
 	})
 	if err != nil {
 		ln.Close()
 		closeSpool()
 		return err
 	}
-	ingest = relay.NewIngest(relay.IngestConfig{Store: sp, Auth: auth, Mapping: mapping, MaxBody: maxBody, Logger: log, OnSpooled: drainer.Notify})
+	ingest = relay.NewIngest(relay.IngestConfig{Store: sp, Auth: auth, Mapping: mapping, MaxBody: maxBody, Logger: log, OnSpooled: drainer.Notify, Observer: metrics})
 	srv := relay.NewServer(ingest)
 	adminLn, err := listenAdmin(c, log)
 	if err != nil {
 		ln.Close()
 		closeSpool()
 		return err
+	}
+	var adminHTTP net.Listener
+	if a := c.String("admin-listen"); a != "" {
+		if adminHTTP, err = net.Listen("tcp", a); err != nil {
+			if c.IsSet("admin-listen") {
+				if adminLn != nil {
+					adminLn.Close()
+				}
+				ln.Close()
+				closeSpool()
+				return fmt.Errorf("listen on %s for /metrics: %w (change --admin-listen, or set it empty for none)", a, err)
+			}
+			// The default port is taken (another relay on this machine):
+			// run without metrics rather than not at all.
+			log.Warn("no /metrics listener; set --admin-listen to a free address", "error", err)
+			adminHTTP = nil
+		} else {
+			log.Info("metrics", "addr", adminHTTP.Addr().String())
+		}
 	}
 	log.Info("delivery", dlv.describe...)
 	log.Info("listening", "addr", ln.Addr().String(), "version", buildVersion(), "inherited", inherited, "tls", certs != nil)
@@ -302,6 +333,17 @@ func serve(c *cli.Context) error {
 	go func() { drainDone <- drainer.Run(drainCtx, drainTimeout) }()
 	adminCtx, stopAdmin := context.WithCancel(context.Background())
 	adminDone := make(chan struct{})
+	adminHTTPDone := make(chan struct{})
+	go func() {
+		defer close(adminHTTPDone)
+		if adminHTTP == nil {
+			return
+		}
+		h := relay.AdminHTTPHandler(relay.MetricsHandler(reg, log), ingest.Ready)
+		if err := relay.ServeAdmin(adminCtx, adminHTTP, h, log); err != nil {
+			log.Error("metrics listener stopped", "addr", adminHTTP.Addr().String(), "error", err)
+		}
+	}()
 	go func() {
 		defer close(adminDone)
 		if adminLn == nil {
@@ -400,6 +442,7 @@ wait:
 	// while the rest stops, and nothing touches it after it is closed.
 	stopAdmin()
 	<-adminDone
+	<-adminHTTPDone
 	if adminLn != nil {
 		adminLn.Close()
 	}

@@ -80,7 +80,7 @@ func startServe(t *testing.T, args ...string) *inProcessServe {
 			}
 		}
 	}
-	full := append([]string{"gwenrelay", "serve", "--log-format", "json"}, args...)
+	full := append([]string{"gwenrelay", "serve", "--log-format", "json", "--admin-listen", "127.0.0.1:0"}, args...)
 	go func() {
 		defer close(s.exited)
 		s.code = runContext(ctx, full, s.Stdout, s.Stderr)
@@ -323,5 +323,38 @@ func TestVersion(t *testing.T) {
 	}
 	if code := run([]string{"gwenrelay", "nope"}, io.Discard, io.Discard); code != 2 {
 		t.Errorf("unknown command: exit %d, want 2", code)
+	}
+}
+
+// YAML reads "rate: 250" as a whole number; the float flag takes it, and
+// the command line still wins over the file.
+func TestServe_ConfigWholeNumberRate(t *testing.T) {
+	clearServeEnv(t)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "gwenrelay.yaml")
+	if err := os.WriteFile(cfg, []byte("rate: 250\nburst: 50\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		extra []string
+		want  float64
+	}{{nil, 250}, {[]string{"--rate", "7.5"}, 7.5}} {
+		args := append([]string{"--config", cfg, "--insecure-no-auth", "--dry-run", "--listen", "127.0.0.1:0",
+			"--spool", filepath.Join(t.TempDir(), "s.db"), "--admin-socket", ""}, c.extra...)
+		s := startServe(t, args...)
+		s.Stop(t)
+		var got *float64
+		for _, line := range strings.Split(s.Stderr.String(), "\n") {
+			var l struct {
+				Msg  string
+				Rate *float64
+			}
+			if json.Unmarshal([]byte(line), &l) == nil && l.Msg == "delivery" {
+				got = l.Rate
+			}
+		}
+		if got == nil || *got != c.want {
+			t.Errorf("%v: delivery rate %v, want %v; log:\n%s", c.extra, got, c.want, s.Stderr)
+		}
 	}
 }

@@ -158,7 +158,7 @@ func e2eStartOpts(t testing.TB, o e2eStartOptions, spoolPath string, extra ...st
 	}
 	var args []string
 	if !o.Raw {
-		args = []string{"serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--spool", spoolPath,
+		args = []string{"serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json", "--spool", spoolPath,
 			"--write-key", "e2e-write-key", "--segment-endpoint", e2eDeadEndpoint(t)}
 	}
 	args = append(args, extra...)

@@ -1,18 +1,22 @@
 package main
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,6 +25,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/gwenrelay/gwenrelay/relay"
 	"github.com/gwenrelay/gwenrelay/spool"
@@ -399,7 +406,6 @@ func countAcked(outs []*e2eOutcome) int {
 	return n
 }
 
-
 // wedgedStore blocks the drainer's reads once wedged, as a deadlock would.
 type wedgedStore struct {
 	relay.DrainStore
@@ -468,4 +474,153 @@ func TestService_WatchdogStopsWhenDrainerWedged(t *testing.T) {
 	close(ws.release)
 	ns.waitState(t, i, "WATCHDOG=1")
 	srv.Stop(t)
+}
+
+// waitLogN waits (20 s at most) until the relay has logged msg n times.
+func waitLogN(t *testing.T, p *e2eRelay, msg string, n int) map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if ls := p.LogLines(msg); len(ls) >= n {
+			return ls[n-1]
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%q logged %d times within 20s, want %d", msg, len(p.LogLines(msg)), n)
+		}
+		time.Sleep(20 * time.Millisecond) // polling the log for a condition
+	}
+}
+
+// SIGHUP also re-reads the mapping overrides and the rate from --config,
+// and a keep-alive connection to the relay goes on across it.
+func TestService_ReloadMappingAndRate(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "gwenrelay.yaml")
+	out := filepath.Join(dir, "out.ndjson")
+	write := func(event string, rate int) {
+		y := fmt.Sprintf("rate: %d\nmapping:\n  achievement: {event: %s}\n", rate, event)
+		if err := os.WriteFile(cfg, []byte(y), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("Badge Earned", 500)
+	p := e2eStart(t, filepath.Join(dir, "spool.db"), "--insecure-no-auth", "--config", cfg, "--dry-run", "--dry-run-file", out)
+
+	c := e2eClient()
+	var reused []bool
+	post := func(user string) {
+		trace := &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { reused = append(reused, i.Reused) }}
+		req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), http.MethodPost,
+			p.URL+"/webhook", strings.NewReader(string(e2eEvent(user, 200))))
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("post %s: %d", user, resp.StatusCode)
+		}
+	}
+	delivered := func(user string) map[string]any {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			b, _ := os.ReadFile(out)
+			for _, line := range strings.Split(string(b), "\n") {
+				var m map[string]any
+				if json.Unmarshal([]byte(line), &m) == nil && m["userId"] == user {
+					return m
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s not delivered within 20s", user)
+			}
+			time.Sleep(20 * time.Millisecond) // polling the dry-run output
+		}
+	}
+	post("before")
+	if ev := delivered("before")["event"]; ev != "Badge Earned" {
+		t.Fatalf("before reload: event %v, want the override", ev)
+	}
+
+	write("Trophy Won", 50)
+	p.Signal(syscall.SIGHUP)
+	line := waitLogN(t, p, "reloaded", 1)
+	if line["rate"] != float64(50) {
+		t.Errorf("reload logged rate %v, want 50", line["rate"])
+	}
+	post("after")
+	if ev := delivered("after")["event"]; ev != "Trophy Won" {
+		t.Errorf("after reload: event %v, want the new override", ev)
+	}
+	if len(reused) != 2 || !reused[1] {
+		t.Errorf("connection reuse across the reload: %v, want the second post on the first's connection", reused)
+	}
+	p.StopClean(30 * time.Second)
+}
+
+// The binary serves /metrics on --admin-listen; the counters follow what
+// it was sent.
+func TestService_Metrics(t *testing.T) {
+	dir := t.TempDir()
+	p := e2eStart(t, filepath.Join(dir, "spool.db"), "--insecure-no-auth")
+	line := p.WaitLog("metrics", 10*time.Second)
+	addr, _ := line["addr"].(string)
+	if addr == "" {
+		t.Fatalf("no metrics address logged: %v", line)
+	}
+	c := e2eClient()
+	for i := 0; i < 3; i++ {
+		if o := e2ePost(c, p.URL, []string{fmt.Sprintf("m-%d", i)}, 200, true, "x"); !o.ok() {
+			t.Fatalf("post: %d %s", o.Status, o.Body)
+		}
+	}
+	if o := e2ePost(c, p.URL, []string{"m-0"}, 200, true, "x"); o.Status != http.StatusOK {
+		t.Fatalf("repeat: %d, want 200", o.Status)
+	}
+	resp, err := c.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.LegacyValidation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("parse /metrics: %v", err)
+	}
+	value := func(name string) float64 {
+		f := families[name]
+		if f == nil || len(f.GetMetric()) == 0 {
+			t.Fatalf("%s missing from /metrics", name)
+		}
+		m := f.GetMetric()[0]
+		if m.GetCounter() != nil {
+			return m.GetCounter().GetValue()
+		}
+		return m.GetGauge().GetValue()
+	}
+	if v := value("gwenrelay_events_spooled_total"); v != 3 {
+		t.Errorf("spooled = %v, want 3", v)
+	}
+	if v := value("gwenrelay_events_duplicate_total"); v != 1 {
+		t.Errorf("duplicates = %v, want 1", v)
+	}
+	if v := value("gwenrelay_spool_pending_records"); v != 3 {
+		t.Errorf("pending = %v, want 3 (the Segment endpoint is unreachable)", v)
+	}
+	if families["process_resident_memory_bytes"] == nil {
+		t.Errorf("no process metrics")
+	}
+	for _, path := range []string{"/healthz", "/readyz"} {
+		r, err := c.Get("http://" + addr + path)
+		if err != nil || r.StatusCode != http.StatusOK {
+			t.Errorf("admin %s: %v %v", path, r, err)
+		}
+		if r != nil {
+			r.Body.Close()
+		}
+	}
+	p.StopClean(30 * time.Second)
 }

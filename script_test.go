@@ -60,6 +60,9 @@ func TestScripts(t *testing.T) {
 			env.Setenv("PORT", strconv.Itoa(l.Addr().(*net.TCPAddr).Port))
 			l.Close()
 			env.Setenv("BIN", bin)
+			// Scripts run side by side: no relay may take the default
+			// metrics port.
+			env.Setenv("GWENRELAY_ADMIN_LISTEN", "127.0.0.1:0")
 			// Sockets go in a short path (sun_path holds 108 bytes) that
 			// another user may traverse, for the permission test.
 			sockDir, err := os.MkdirTemp("", "gwr-sock-")
