@@ -11,4 +11,17 @@ if [ -n "$unformatted" ]; then
 	exit 1
 fi
 go vet ./...
+
+# The packaging and service tests build .deb/.rpm packages, install them with
+# dpkg and boot a Debian tree under systemd-nspawn. As root (CI), install the
+# tools they need and make a missing one a failure rather than a skip.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+	need=(lintian rpm file shellcheck systemd systemd-container debootstrap procps)
+	if ! dpkg-query -W "${need[@]}" >/dev/null 2>&1; then
+		apt-get update -q
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
+	fi
+	export GWENRELAY_PACKAGING_STRICT=1
+fi
+
 go test -race -count=1 -timeout 15m ./...
