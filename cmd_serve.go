@@ -194,6 +194,11 @@ func serve(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	// SIGHUP is taken from the start: its default action would end the
+	// process. Reloads wait until the relay is ready.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	maxBody, err := parseSize(c.String("max-body"))
 	if err != nil || maxBody <= 0 {
 		return usagef("--max-body %q: want a positive size such as 5MiB", c.String("max-body"))
@@ -323,9 +328,6 @@ func serve(c *cli.Context) error {
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	notify := newNotifier(log)
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	drainCtx, stopDrain := context.WithCancel(context.Background())
@@ -403,7 +405,7 @@ wait:
 			notify.send("RELOADING=1", daemon.SdNotifyMonotonicUsec())
 			if err := reload(c.Context, log, ingest, dlv.limiter, c.Int("burst"), certs); err != nil {
 				log.Error("reload failed; the previous settings stay in force", "error", err)
-				notify.send("READY=1", "STATUS=reload failed: "+err.Error())
+				notify.send("READY=1", "STATUS=reload failed: "+strings.ReplaceAll(err.Error(), "\n", " "))
 				continue
 			}
 			notify.send("READY=1", "STATUS="+status())
