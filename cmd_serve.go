@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -265,14 +266,17 @@ func serve(c *cli.Context) error {
 	}
 	log.Info("spool open", "path", sp.Path(), "pending", st.Pending, "dead", st.Dead, "bytes", st.Bytes)
 
-	ln, inherited, err := listen(c.String("listen"))
+	lns, inherited, err := listen(c.String("listen"))
 	if err != nil {
 		closeSpool()
 		return err
 	}
 	if certs != nil {
-		ln = tls.NewListener(ln, certs.config())
+		for i := range lns {
+			lns[i] = tls.NewListener(lns[i], certs.config())
+		}
 	}
+	ln := multiListener(lns)
 	var ingest *relay.Ingest
 	var drainStore relay.DrainStore = sp
 	if wrapDrainStore != nil {
@@ -323,13 +327,21 @@ func serve(c *cli.Context) error {
 		}
 	}
 	log.Info("delivery", dlv.describe...)
-	log.Info("listening", "addr", ln.Addr().String(), "version", buildVersion(), "inherited", inherited, "tls", certs != nil)
+	for _, l := range lns {
+		log.Info("listening", "addr", l.Addr().String(), "version", buildVersion(), "inherited", inherited, "tls", certs != nil)
+	}
 
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	notify := newNotifier(log)
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
+	serveErr := make(chan error, len(lns))
+	for _, l := range lns {
+		go func() {
+			if err := srv.Serve(l); err != nil {
+				serveErr <- fmt.Errorf("serve %s: %w", l.Addr(), err)
+			}
+		}()
+	}
 	drainCtx, stopDrain := context.WithCancel(context.Background())
 	drainDone := make(chan error, 1)
 	go func() { drainDone <- drainer.Run(drainCtx, drainTimeout) }()
@@ -366,6 +378,7 @@ func serve(c *cli.Context) error {
 		relay.PruneDedupLoop(pruneCtx, sp, time.Minute, log)
 	}()
 
+	var reloadFailed atomic.Value // string: kept in STATUS until a reload succeeds
 	status := func() string {
 		st, err := sp.Stats()
 		if err != nil {
@@ -376,7 +389,11 @@ func serve(c *cli.Context) error {
 		if d.BackingOff {
 			state = fmt.Sprintf("backing off after a failed delivery (%d delivered since start)", d.Delivered)
 		}
-		return describeStatus(st.Pending, st.Dead, state)
+		line := describeStatus(st.Pending, st.Dead, state)
+		if f, _ := reloadFailed.Load().(string); f != "" {
+			line += "; " + f
+		}
+		return line
 	}
 	alive := func(stall time.Duration) error {
 		if err := sp.Ping(stall); err != nil {
@@ -405,15 +422,17 @@ wait:
 			notify.send("RELOADING=1", daemon.SdNotifyMonotonicUsec())
 			if err := reload(c.Context, log, ingest, dlv.limiter, c.Int("burst"), certs); err != nil {
 				log.Error("reload failed; the previous settings stay in force", "error", err)
-				notify.send("READY=1", "STATUS=reload failed: "+strings.ReplaceAll(err.Error(), "\n", " "))
+				reloadFailed.Store("reload failed at " + time.Now().UTC().Format(time.TimeOnly) + ": " + strings.ReplaceAll(err.Error(), "\n", " "))
+				notify.send("READY=1", "STATUS="+status())
 				continue
 			}
+			reloadFailed.Store("")
 			notify.send("READY=1", "STATUS="+status())
 		case <-ctx.Done():
 			log.Info("stopping: finishing requests in progress")
 			break wait
 		case err := <-serveErr:
-			runErr = fmt.Errorf("serve %s: %w", ln.Addr(), err)
+			runErr = err
 			break wait
 		case err := <-drainDone:
 			drained = true

@@ -124,10 +124,10 @@ type e2eStartOptions struct {
 	Raw bool
 	// Env is added to the environment.
 	Env []string
-	// Listener, when set, is passed as systemd passes a socket-activated
-	// one: as fd 3, with LISTEN_FDS=1 and LISTEN_PID set to the process's
-	// own pid (through a shell that execs the binary).
-	Listener *os.File
+	// Listeners, when set, are passed as systemd passes socket-activated
+	// ones: from fd 3 on, with LISTEN_FDS and LISTEN_PID set to the
+	// process's own pid (through a shell that execs the binary).
+	Listeners []*os.File
 }
 
 // e2eStart runs `gwenrelay serve --listen 127.0.0.1:0 --log-format json
@@ -168,9 +168,10 @@ func e2eStartOpts(t testing.TB, o e2eStartOptions, spoolPath string, extra ...st
 		return nil, err
 	}
 	p.cmd = exec.Command(bin, args...)
-	if o.Listener != nil {
-		p.cmd = exec.Command("/bin/sh", append([]string{"-c", `LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@"`, bin}, args...)...)
-		p.cmd.ExtraFiles = []*os.File{o.Listener}
+	if len(o.Listeners) > 0 {
+		script := fmt.Sprintf(`LISTEN_PID=$$ LISTEN_FDS=%d exec "$0" "$@"`, len(o.Listeners))
+		p.cmd = exec.Command("/bin/sh", append([]string{"-c", script, bin}, args...)...)
+		p.cmd.ExtraFiles = o.Listeners
 	}
 	p.cmd.Stdout = pw
 	p.cmd.Stderr = pw

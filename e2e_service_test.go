@@ -167,7 +167,8 @@ func TestService_NotifyProtocol(t *testing.T) {
 	first, i := ns.waitState(t, i, "WATCHDOG=1")
 	checkPid(first)
 	second, i := ns.waitState(t, i, "WATCHDOG=1")
-	if gap := second.at.Sub(first.at); gap < 500*time.Millisecond || gap > 1500*time.Millisecond {
+	// (Loose bounds: the machine running the tests may be busy.)
+	if gap := second.at.Sub(first.at); gap < 300*time.Millisecond || gap > 3*time.Second {
 		t.Errorf("watchdog pings %s apart, want about 1s", gap)
 	}
 
@@ -208,9 +209,13 @@ func TestService_NotifyProtocol(t *testing.T) {
 	}
 	p.Signal(syscall.SIGHUP)
 	_, i = ns.waitState(t, i, "RELOADING=1")
-	m, i = ns.waitState(t, i, "STATUS=reload failed")
-	if !strings.Contains(m.state, "holds no token") {
+	m, i = ns.waitState(t, i, "STATUS=")
+	if !strings.Contains(m.state, "reload failed at") || !strings.Contains(m.state, "holds no token") {
 		t.Errorf("failed reload status %q does not say why", m.state)
+	}
+	// It stays in the status line (systemctl status) until a reload works.
+	if m, _ := ns.waitState(t, i, "STATUS="); !strings.Contains(m.state, "holds no token") {
+		t.Errorf("the next status line %q forgot the failed reload", m.state)
 	}
 	if b := post("token-two"); b != http.StatusAccepted {
 		t.Errorf("after a failed reload: token-two %d, want 202 (old settings kept)", b)
@@ -336,7 +341,7 @@ func TestService_SocketActivationRestart(t *testing.T) {
 	url := "http://" + l.Addr().String()
 
 	start := func() *e2eRelay {
-		p, err := e2eStartOpts(t, e2eStartOptions{Listener: lf}, sp, "--insecure-no-auth", "--listen", "127.0.0.1:1")
+		p, err := e2eStartOpts(t, e2eStartOptions{Listeners: []*os.File{lf}}, sp, "--insecure-no-auth", "--listen", "127.0.0.1:1")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -463,7 +468,7 @@ func TestService_WatchdogStopsWhenDrainerWedged(t *testing.T) {
 			}
 		}
 	}
-	if lastPing.Sub(wedgedAt) > 5*time.Second {
+	if lastPing.Sub(wedgedAt) > 8*time.Second {
 		t.Errorf("pings went on %s after the drainer wedged", lastPing.Sub(wedgedAt))
 	}
 	if !strings.Contains(srv.Stderr.String(), "not pinging the watchdog") {
@@ -621,6 +626,41 @@ func TestService_Metrics(t *testing.T) {
 		if r != nil {
 			r.Body.Close()
 		}
+	}
+	p.StopClean(30 * time.Second)
+}
+
+// Every socket systemd passes is served (a socket unit may have several
+// ListenStream= lines, e.g. IPv4 and IPv6).
+func TestService_SeveralInheritedSockets(t *testing.T) {
+	var files []*os.File
+	var urls []string
+	for i := 0; i < 2; i++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		f, err := l.(*net.TCPListener).File()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		files = append(files, f)
+		urls = append(urls, "http://"+l.Addr().String())
+	}
+	p, err := e2eStartOpts(t, e2eStartOptions{Listeners: files}, filepath.Join(t.TempDir(), "spool.db"), "--insecure-no-auth")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := e2eClient()
+	for i, u := range urls {
+		if o := e2ePost(c, u, []string{fmt.Sprintf("sock-%d", i)}, 200, true, "x"); !o.ok() {
+			t.Errorf("post to inherited socket %d (%s): %d %v", i, u, o.Status, o.Err)
+		}
+	}
+	if n := len(p.LogLines("listening")); n != 2 {
+		t.Errorf("%d listening lines, want one for each socket", n)
 	}
 	p.StopClean(30 * time.Second)
 }

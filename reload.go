@@ -17,27 +17,42 @@ import (
 	"github.com/gwenrelay/gwenrelay/relay"
 )
 
-// listen returns the public listener: the one systemd passed (socket
-// activation, $LISTEN_FDS), so that a restart refuses no connection, or a
-// new one on addr.
-func listen(addr string) (ln net.Listener, inherited bool, err error) {
-	lns, err := activation.Listeners()
+// listen returns the public listeners: those systemd passed (socket
+// activation, $LISTEN_FDS; every one is served, so a socket with several
+// ListenStream= lines leaves no address unanswered) or a new one on addr.
+func listen(addr string) (lns []net.Listener, inherited bool, err error) {
+	passed, err := activation.Listeners()
 	if err != nil {
 		return nil, false, fmt.Errorf("the listening sockets passed by systemd: %w", err)
 	}
-	for _, l := range lns {
+	for _, l := range passed {
 		if l != nil {
-			return l, true, nil
+			lns = append(lns, l)
 		}
 	}
 	if len(lns) > 0 {
+		return lns, true, nil
+	}
+	if len(passed) > 0 {
 		return nil, false, errors.New("systemd passed sockets ($LISTEN_FDS), but none is a stream listener; check gwenrelay.socket (ListenStream=)")
 	}
-	ln, err = net.Listen("tcp", addr)
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, false, fmt.Errorf("listen on %s: %w (is another process using the port? change --listen)", addr, err)
 	}
-	return ln, false, nil
+	return []net.Listener{ln}, false, nil
+}
+
+// multiListener closes a set of listeners together (on the error paths
+// before they are served).
+type multiListener []net.Listener
+
+func (m multiListener) Close() error {
+	var errs []error
+	for _, l := range m {
+		errs = append(errs, l.Close())
+	}
+	return errors.Join(errs...)
 }
 
 // certSource serves the TLS certificate, replaced in place on reload.
@@ -161,7 +176,6 @@ func reload(ctx context.Context, log *slog.Logger, ingest *relay.Ingest, limiter
 	ingest.SetMapping(r.mapping)
 	limiter.SetRate(r.rate, r.burst)
 	if next != nil {
-		certs.certFile, certs.keyFile = next.certFile, next.keyFile
 		certs.cert.Store(next.cert.Load())
 	}
 	log.Info("reloaded", "inbound_tokens", r.auth.Tokens(), "rate", r.rate, "tls", certs != nil)

@@ -416,6 +416,9 @@ func (d *Drainer) loop(ctx context.Context) error {
 			}
 		}
 		for _, r := range claimed {
+			// The dry-run sink waits for the rate limiter in Enqueue: a
+			// slow --rate is progress, not a stuck loop.
+			d.beat.Store(time.Now().UnixNano())
 			d.send(r, false)
 		}
 		cursor = last

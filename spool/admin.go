@@ -454,8 +454,9 @@ func admit(dedup, exp *bolt.Bucket, c *counters, key []byte, id uint64, now time
 }
 
 // Ping sends an empty operation through the commit loop and waits up to
-// timeout for it to come back: the daemon's watchdog check that commits
-// are being made. It writes nothing (the op is refused, so a group of only
+// timeout for it to come back: the daemon's watchdog check that the loop is
+// going round (a failed commit, on a full disk say, still counts: the
+// relay then answers 503 and must stay up). It writes nothing (the op is refused, so a group of only
 // pings is rolled back without an fsync).
 func (s *Spool) Ping(timeout time.Duration) error {
 	done := make(chan error, 1)
@@ -466,7 +467,12 @@ func (s *Spool) Ping(timeout time.Duration) error {
 	defer t.Stop()
 	select {
 	case err := <-done:
-		return err
+		if errors.Is(err, ErrClosed) {
+			return err
+		}
+		// Any other answer, even a commit that failed for want of disk
+		// (its group shared with appends), shows the loop is going round.
+		return nil
 	case <-t.C:
 		return fmt.Errorf("spool %s: the commit loop has not answered for %s", s.path, timeout)
 	}

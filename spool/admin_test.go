@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -1432,6 +1433,25 @@ func TestSpool_Ping(t *testing.T) {
 	release()
 	if err := s.Ping(5 * time.Second); err != nil {
 		t.Errorf("Ping after the loop was released: %v", err)
+	}
+	// A ping that shares its group with a commit that fails (a full disk)
+	// still says the loop goes round: the watchdog must not kill a relay
+	// that answers 503 on a full disk.
+	release = holdLoop(t, s, l)
+	failed := async(func() error {
+		return s.submit(&op{entries: 1, apply: func(*bolt.Tx, *counters, time.Time) error {
+			return fmt.Errorf("write: %w", syscall.ENOSPC)
+		}})
+	})
+	waitQueued(t, s, 1)
+	pinged := async(func() error { return s.Ping(5 * time.Second) })
+	waitQueued(t, s, 2)
+	release()
+	if err := await(t, failed); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("the failing op: %v, want ENOSPC (else the ping did not share its group)", err)
+	}
+	if err := await(t, pinged); err != nil {
+		t.Errorf("Ping in a group whose commit failed: %v, want nil", err)
 	}
 	s.Close()
 	if err := s.Ping(time.Second); !errors.Is(err, ErrClosed) {

@@ -29,7 +29,7 @@ import (
 
 const (
 	debianSuite   = "bookworm"
-	debianInclude = "systemd,systemd-sysv,dbus,procps" // procps: /bin/kill for ExecReload
+	debianInclude = "systemd,systemd-sysv,dbus,procps,ca-certificates" // the package's dependencies: dpkg -i does not fetch them
 	// treeRevision changes the cache key when the way a tree is made changes.
 	treeRevision = "2"
 )
