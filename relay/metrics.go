@@ -135,30 +135,21 @@ var receivedTypes = func() []string {
 // passes a registry of its own; tests a private one). It panics if reg
 // already holds metrics of the same names, as prometheus.MustRegister does.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
-	m := &Metrics{
-		received: map[string]prometheus.Counter{},
-		rejected: map[string]prometheus.Counter{},
-		failures: map[string]prometheus.Counter{},
-		now:      time.Now,
-	}
+	m := &Metrics{now: time.Now}
 	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "gwenrelay_http_requests_total",
 		Help: "Answers of the public server, by route (/webhook, /healthz, /readyz, other) and status code.",
 	}, []string{"route", "code"})
-	received := prometheus.NewCounterVec(prometheus.CounterOpts{
+	received, receivedByType := labelledCounters(prometheus.CounterOpts{
 		Name: "gwenrelay_events_received_total",
 		Help: "Events in webhook requests that passed validation, by GWEN type (normalised; types outside the documented six count as other).",
-	}, []string{"type"})
-	for _, t := range receivedTypes {
-		m.received[t] = received.WithLabelValues(t)
-	}
-	rejected := prometheus.NewCounterVec(prometheus.CounterOpts{
+	}, "type", receivedTypes)
+	m.received = receivedByType
+	rejected, rejectedByReason := labelledCounters(prometheus.CounterOpts{
 		Name: "gwenrelay_events_rejected_total",
 		Help: "Webhook requests refused (none of their events stored), by reason.",
-	}, []string{"reason"})
-	for _, r := range rejectReasons {
-		m.rejected[r] = rejected.WithLabelValues(r)
-	}
+	}, "reason", rejectReasons)
+	m.rejected = rejectedByReason
 	m.duplicates = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "gwenrelay_events_duplicate_total",
 		Help: "Events acknowledged without being stored again: seen within the dedup window.",
@@ -171,13 +162,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Name: "gwenrelay_delivered_total",
 		Help: "Records Segment accepted and that left the spool.",
 	})
-	failures := prometheus.NewCounterVec(prometheus.CounterOpts{
+	failures, failuresByClass := labelledCounters(prometheus.CounterOpts{
 		Name: "gwenrelay_delivery_failures_total",
 		Help: "Records whose delivery failed, by class: transient (kept, retried after a backoff), rejected (Segment refused their batch; re-sent one a batch), dead_lettered (moved to the dead letters).",
-	}, []string{"class"})
-	for _, c := range failureClasses {
-		m.failures[c] = failures.WithLabelValues(c)
-	}
+	}, "class", failureClasses)
+	m.failures = failuresByClass
 	segment := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "gwenrelay_segment_request_duration_seconds",
 		Help:    "Time from sending an upload to Segment to its answer's headers, per attempt, by status class (2xx, 4xx, 5xx, ...; error: no answer). Time queued in the rate limiter is not included.",
@@ -209,6 +198,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(m.requests, received, rejected, m.duplicates, m.spooled, m.delivered, failures,
 		segment, m.commitTook, m.commitEntries, m.commitOps, m.limiterWait, scrapeCollector{m})
 	return m
+}
+
+// labelledCounters makes a counter with one label and its series for each
+// of values, created up front so that every one is exported from the start
+// (at 0) and the hot path only looks a series up.
+func labelledCounters(opts prometheus.CounterOpts, label string, values []string) (*prometheus.CounterVec, map[string]prometheus.Counter) {
+	vec := prometheus.NewCounterVec(opts, []string{label})
+	series := make(map[string]prometheus.Counter, len(values))
+	for _, v := range values {
+		series[v] = vec.WithLabelValues(v)
+	}
+	return vec, series
 }
 
 // WatchSpool makes every scrape report the spool's gauges from stats
