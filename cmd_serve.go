@@ -399,8 +399,14 @@ func serve(c *cli.Context) error {
 		if err := sp.Ping(stall); err != nil {
 			return err
 		}
-		if !drainer.Alive(stall) {
-			return fmt.Errorf("the drainer has not gone round its loop for %s", stall)
+		// At a very low --rate one message may wait for its token longer
+		// than the stall bound: allow two of those waits.
+		drainStall := stall
+		if r := dlv.limiter.Rate(); r > 0 {
+			drainStall = max(stall, time.Duration(2/r*float64(time.Second)))
+		}
+		if !drainer.Alive(drainStall) {
+			return fmt.Errorf("the drainer has not gone round its loop for %s", drainStall)
 		}
 		return nil
 	}

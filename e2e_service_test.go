@@ -209,6 +209,7 @@ func TestService_NotifyProtocol(t *testing.T) {
 	}
 	p.Signal(syscall.SIGHUP)
 	_, i = ns.waitState(t, i, "RELOADING=1")
+	_, i = ns.waitState(t, i, "READY=1")
 	m, i = ns.waitState(t, i, "STATUS=")
 	if !strings.Contains(m.state, "reload failed at") || !strings.Contains(m.state, "holds no token") {
 		t.Errorf("failed reload status %q does not say why", m.state)
@@ -219,6 +220,16 @@ func TestService_NotifyProtocol(t *testing.T) {
 	}
 	if b := post("token-two"); b != http.StatusAccepted {
 		t.Errorf("after a failed reload: token-two %d, want 202 (old settings kept)", b)
+	}
+	// A reload that works clears it.
+	if err := os.WriteFile(tokens, []byte("token-two\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p.Signal(syscall.SIGHUP)
+	_, i = ns.waitState(t, i, "RELOADING=1")
+	_, i = ns.waitState(t, i, "READY=1")
+	if m, _ := ns.waitState(t, i, "STATUS="); strings.Contains(m.state, "reload failed") {
+		t.Errorf("status after a good reload still reports the failed one: %q", m.state)
 	}
 
 	p.Signal(syscall.SIGTERM)
@@ -661,6 +672,42 @@ func TestService_SeveralInheritedSockets(t *testing.T) {
 	}
 	if n := len(p.LogLines("listening")); n != 2 {
 		t.Errorf("%d listening lines, want one for each socket", n)
+	}
+	p.StopClean(30 * time.Second)
+}
+
+// A dry run paced by a very low --rate waits for each token inside the
+// drainer's loop: that is progress, and the watchdog must go on being
+// pinged while the events trickle out.
+func TestService_WatchdogAtALowRate(t *testing.T) {
+	ns := newNotifySocket(t)
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out.ndjson")
+	p, err := e2eStartOpts(t, e2eStartOptions{Env: []string{"NOTIFY_SOCKET=" + ns.path, "WATCHDOG_USEC=2000000"}},
+		filepath.Join(dir, "spool.db"), "--insecure-no-auth", "--dry-run", "--dry-run-file", out, "--rate", "0.3", "--burst", "1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, i := ns.waitState(t, 0, "READY=1")
+	if o := e2ePost(e2eClient(), p.URL, []string{"slow-1", "slow-2", "slow-3", "slow-4"}, 200, false, "x"); !o.ok() {
+		t.Fatalf("post: %d %s", o.Status, o.Body)
+	}
+	// 4 events at 0.3/s: about 10 s, one token every 3.3 s (longer than
+	// the 3 s stall bound of a 2 s watchdog).
+	deadline := time.Now().Add(40 * time.Second)
+	for {
+		b, _ := os.ReadFile(out)
+		if strings.Count(string(b), "\n") >= 4 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("4 events not written within 40s: %q", b)
+		}
+		ns.waitState(t, i, "WATCHDOG=1") // at least the pings keep coming meanwhile
+		i = ns.count()
+	}
+	if lines := p.LogLines("not pinging the watchdog: the process is not making progress; systemd will restart it"); len(lines) > 0 {
+		t.Errorf("the watchdog pings stopped during a slow dry run: %v", lines)
 	}
 	p.StopClean(30 * time.Second)
 }

@@ -494,8 +494,8 @@ func TestRPM(t *testing.T) {
 	if info := run(t, "rpm", "-qp", "--qf", `%{NAME} %{VERSION} %{RELEASE} %{ARCH}`, p.rpm); info != "gwenrelay "+p.version+" 1 x86_64" {
 		t.Errorf("rpm name, version, release, arch = %q, want gwenrelay %s 1 x86_64", info, p.version)
 	}
-	if req := run(t, "rpm", "-qp", "--requires", p.rpm); !strings.Contains(req, "/usr/bin/kill") {
-		t.Errorf("rpm does not require /usr/bin/kill (ExecReload):\n%s", req)
+	if req := run(t, "rpm", "-qp", "--requires", p.rpm); !strings.Contains(req, "/usr/bin/kill") || !strings.Contains(req, "ca-certificates") {
+		t.Errorf("rpm does not require /usr/bin/kill (ExecReload) and ca-certificates (Segment's TLS):\n%s", req)
 	}
 	scripts := run(t, "rpm", "-qp", "--scripts", p.rpm)
 	for _, s := range []string{"preinstall scriptlet", "postinstall scriptlet", "preuninstall scriptlet", "postuninstall scriptlet",
@@ -748,8 +748,8 @@ func checkInstalled(t *testing.T, p builtPackages) {
 	if out, _ := exec.Command("ldd", "/usr/bin/gwenrelay").CombinedOutput(); !strings.Contains(string(out), "not a dynamic executable") {
 		t.Errorf("ldd /usr/bin/gwenrelay:\n%s", out)
 	}
-	if out := run(t, "dpkg-deb", "--field", p.deb, "Depends"); !strings.Contains(out, "procps") {
-		t.Errorf("the .deb does not depend on procps (/bin/kill for ExecReload): %q", out)
+	if out := run(t, "dpkg-deb", "--field", p.deb, "Depends"); !strings.Contains(out, "procps") || !strings.Contains(out, "ca-certificates") {
+		t.Errorf("the .deb does not depend on procps (/bin/kill for ExecReload) and ca-certificates (Segment's TLS): %q", out)
 	}
 	if _, err := exec.LookPath("systemd-analyze"); err == nil {
 		if out, err := exec.Command("systemd-analyze", "verify", "gwenrelay.service", "gwenrelay.socket").CombinedOutput(); err != nil || len(out) > 0 {

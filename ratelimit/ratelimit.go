@@ -68,6 +68,16 @@ func (l *Limiter) SetRate(eventsPerSec float64, burst int) {
 	l.lim.SetBurst(burst)
 }
 
+// Rate returns the events per second released; 0 when there is no limit.
+func (l *Limiter) Rate() float64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.lim == nil {
+		return 0
+	}
+	return float64(l.lim.Limit())
+}
+
 // Burst returns the largest number of events one request may carry and still
 // be released at once; 0 when there is no rate limit.
 func (l *Limiter) Burst() int {

@@ -416,9 +416,6 @@ func (d *Drainer) loop(ctx context.Context) error {
 			}
 		}
 		for _, r := range claimed {
-			// The dry-run sink waits for the rate limiter in Enqueue: a
-			// slow --rate is progress, not a stuck loop.
-			d.beat.Store(time.Now().UnixNano())
 			d.send(r, false)
 		}
 		cursor = last
@@ -466,6 +463,9 @@ func (d *Drainer) claim(after uint64, limit int) ([]spool.Record, uint64, error)
 // send maps a record the loop claimed (or one being isolated, still in
 // flight) and hands it to a sender.
 func (d *Drainer) send(r spool.Record, isolated bool) {
+	// A sender may wait for the rate limiter in Enqueue (the dry-run sink
+	// does): each message handed over is progress, not a stuck loop.
+	d.beat.Store(time.Now().UnixNano())
 	msg, err := d.message(r)
 	if err != nil {
 		// A record that cannot become a message never will: dead-letter it

@@ -16,7 +16,7 @@ go vet ./...
 # dpkg and boot a Debian tree under systemd-nspawn. As root (CI), install the
 # tools they need and make a missing one a failure rather than a skip.
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-	need=(lintian rpm file shellcheck systemd systemd-container debootstrap procps)
+	need=(lintian rpm file shellcheck systemd systemd-container debootstrap procps ca-certificates)
 	if ! dpkg-query -W "${need[@]}" >/dev/null 2>&1; then
 		apt-get update -q
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"

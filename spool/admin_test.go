@@ -1448,7 +1448,7 @@ func TestSpool_Ping(t *testing.T) {
 	waitQueued(t, s, 2)
 	release()
 	if err := await(t, failed); !errors.Is(err, syscall.ENOSPC) {
-		t.Fatalf("the failing op: %v, want ENOSPC (else the ping did not share its group)", err)
+		t.Fatalf("the failing op: %v, want ENOSPC", err)
 	}
 	if err := await(t, pinged); err != nil {
 		t.Errorf("Ping in a group whose commit failed: %v, want nil", err)

@@ -119,13 +119,16 @@ func TestService_UnderSystemd(t *testing.T) {
 		t.Fatalf("after dpkg -i without a write key: %v; want loaded, inactive and never started (InactiveExitTimestampMonotonic=0)", st)
 	}
 	t.Logf("after dpkg -i: %v (never started)", st)
-	// Nor does a start (at boot, say) before the key exists: the condition
-	// keeps it down, with no failing start for Restart= to repeat.
-	c.must(ctx, "systemctl", "start", "gwenrelay")
-	st = c.show(ctx, "gwenrelay.service", "ActiveState", "ConditionResult", "NRestarts", "Result")
-	if st["ActiveState"] != "inactive" || st["ConditionResult"] != "no" || st["NRestarts"] != "0" || st["Result"] != "success" {
-		t.Fatalf("systemctl start without a write key: %v; want inactive by ConditionPathExists, no restart, no failure", st)
+	// A start before the key exists (at boot, say) fails at once with
+	// 243/CREDENTIALS, and Restart= does not repeat it.
+	if out, err := c.run(ctx, time.Minute, "systemctl", "start", "gwenrelay"); err == nil {
+		t.Fatalf("systemctl start without a write key succeeded: %s", out)
 	}
+	st = c.show(ctx, "gwenrelay.service", "ActiveState", "ExecMainStatus", "NRestarts", "Result")
+	if st["ActiveState"] != "failed" || st["ExecMainStatus"] != "243" || st["NRestarts"] != "0" {
+		t.Fatalf("systemctl start without a write key: %v; want failed with 243 (CREDENTIALS) and no restart", st)
+	}
+	c.must(ctx, "systemctl", "reset-failed", "gwenrelay")
 
 	// Configure: the write key (systemd reads it as root: LoadCredential), the
 	// senders' token, and where to listen and deliver (/etc/default wins over
