@@ -29,6 +29,9 @@ type Transport struct {
 	// status (0 on a transport error), the error, how long the limiter held
 	// it and how long the exchange took.
 	Observe func(events, status int, err error, waited, took time.Duration)
+	// Prepare, when set, rewrites the body of each attempt once the limiter
+	// has released it, just before it is sent.
+	Prepare func(body []byte) []byte
 }
 
 // RoundTrip waits for the limiter, sends the request and, on a 429, imposes
@@ -53,7 +56,11 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
+	if t.Prepare != nil {
+		body = t.Prepare(body)
+	}
 	out := req.Clone(req.Context())
+	out.ContentLength = int64(len(body)) // Prepare may have changed it
 	out.Body = io.NopCloser(bytes.NewReader(body))
 	out.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
 	base := t.Base

@@ -119,7 +119,37 @@ func segmentTransport(cfg SegmentConfig) http.RoundTripper {
 		Limiter: cfg.Limiter,
 		Count:   countBatch,
 		Observe: cfg.Observe,
+		Prepare: restampSentAt,
 	}}
+}
+
+// restampSentAt sets the batch's sentAt to the moment it is really sent.
+// analytics-go stamps it once, when it builds the batch, before the rate
+// limiter holds the upload and before its retries; Segment computes each
+// event's time as receivedAt - (sentAt - timestamp), so a stale sentAt moved
+// every event of the batch later by the time it waited. The field is the
+// batch envelope's second one ({"messageId":…,"sentAt":…,"batch":…}), so the
+// first "sentAt" before "batch" is that one; a body of another shape is
+// left as it is.
+func restampSentAt(body []byte) []byte {
+	key := []byte(`"sentAt":"`)
+	i := bytes.Index(body, key)
+	if i < 0 {
+		return body
+	}
+	if b := bytes.Index(body, []byte(`"batch":`)); b >= 0 && b < i {
+		return body
+	}
+	start := i + len(key)
+	end := bytes.IndexByte(body[start:], '"')
+	if end < 0 {
+		return body
+	}
+	now := time.Now().UTC().AppendFormat(nil, time.RFC3339Nano)
+	out := make([]byte, 0, len(body)-end+len(now))
+	out = append(out, body[:start]...)
+	out = append(out, now...)
+	return append(out, body[start+end:]...)
 }
 
 // queueTransport takes the request out of the deadline of analytics-go's

@@ -250,3 +250,63 @@ func TestSegmentSenders(t *testing.T) {
 func segmentTestBody(id string) []byte {
 	return fmt.Appendf(nil, `{"messageId":"b","sentAt":"2024-06-03T12:00:01Z","batch":[{"type":"track","messageId":%q,"userId":"u","event":"E","timestamp":"2024-06-03T12:00:00Z"}]}`, id)
 }
+
+// Segment dates each event by the batch's sentAt (receivedAt - (sentAt -
+// timestamp)): it must be the moment the upload really leaves, after the
+// rate limiter held it and at every retry, not when analytics-go built it.
+func TestSegmentSenders_SentAtWhenSent(t *testing.T) {
+	fake := segmenttest.New(drainTestWriteKey)
+	t.Cleanup(fake.Close)
+	// The first upload fails once, so its retry goes out later with the
+	// same body; the others queue in the limiter (2/s, one at a time).
+	fake.Script(segmenttest.Step{Status: http.StatusInternalServerError})
+	normal, _ := NewSegmentSenders(SegmentConfig{
+		WriteKey: drainTestWriteKey, Endpoint: fake.URL, Limiter: ratelimit.New(2, 1),
+		FlushInterval: 10 * time.Millisecond, RetryBase: 300 * time.Millisecond, RetryMax: time.Second, Logger: drainQuietLog,
+	})
+	cb := &recordingCallback{}
+	s, err := normal(cb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 4; i++ {
+		if err := s.Enqueue(analytics.Track{MessageId: fmt.Sprintf("sent-%d", i), UserId: "u", Event: "E"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !fake.WaitDelivered(4, 20*time.Second) {
+		t.Fatalf("delivered %d of 4", len(fake.Delivered()))
+	}
+	s.Close()
+	msgs := fake.Messages()
+	var lastArrival time.Time
+	for _, m := range msgs {
+		if lag := m.At.Sub(m.SentAt); lag < -time.Second || lag > 250*time.Millisecond {
+			t.Errorf("%s: arrived %s after its sentAt (%s), want it stamped as it was sent", m.MessageID, lag, m.SentAt.Format(time.RFC3339Nano))
+		}
+		lastArrival = m.At
+	}
+	if first := msgs[0].At; lastArrival.Sub(first) < time.Second {
+		t.Fatalf("the uploads arrived within %s: the limiter did not hold any, so this shows nothing", lastArrival.Sub(first))
+	}
+}
+
+func TestRestampSentAt(t *testing.T) {
+	body := []byte(`{"messageId":"b","sentAt":"2020-01-01T00:00:00Z","batch":[{"sentAt":"x"}]}`)
+	out := restampSentAt(body)
+	var env struct {
+		SentAt time.Time         `json:"sentAt"`
+		Batch  []json.RawMessage `json:"batch"`
+	}
+	if err := json.Unmarshal(out, &env); err != nil {
+		t.Fatalf("%s: %v", out, err)
+	}
+	if time.Since(env.SentAt) > time.Minute || string(env.Batch[0]) != `{"sentAt":"x"}` {
+		t.Errorf("restamped %s", out)
+	}
+	// A body whose first sentAt is inside the batch is left alone.
+	other := []byte(`{"batch":[{"sentAt":"x"}]}`)
+	if got := restampSentAt(other); string(got) != string(other) {
+		t.Errorf("changed %s into %s", other, got)
+	}
+}

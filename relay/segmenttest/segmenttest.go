@@ -37,6 +37,7 @@ type Step struct {
 type Message struct {
 	At        time.Time       // arrival of its request
 	Request   int             // index of the request that carried it
+	SentAt    time.Time       // the sentAt of its batch
 	MessageID string          // its messageId
 	Type      string          // its type
 	Raw       json.RawMessage // the message exactly as sent
@@ -323,7 +324,7 @@ func parseBatch(body []byte) ([]Message, []map[string]any, error) {
 		if _, ok := m["timestamp"].(string); !ok {
 			return nil, nil, fmt.Errorf("batch[%d]: no timestamp", i)
 		}
-		msgs[i] = Message{MessageID: id, Type: typ, Raw: raw}
+		msgs[i] = Message{MessageID: id, Type: typ, Raw: raw, SentAt: *b.SentAt}
 		decoded[i] = m
 	}
 	return msgs, decoded, nil
