@@ -78,9 +78,7 @@ type delivery struct {
 // write key and without --dry-run it refuses: an operator who forgot the
 // key must not see events drained somewhere and deleted.
 func buildDelivery(c *cli.Context, log *slog.Logger, metrics *relay.Metrics) (*delivery, error) {
-	if c.Float64("rate") < 0 {
-		return nil, usagef("--rate %v: want 0 (no limit) or more", c.Float64("rate"))
-	}
+	// --rate was checked with the other reloadable settings.
 	if c.Int("burst") < 1 {
 		return nil, usagef("--burst %d: want 1 or more", c.Int("burst"))
 	}

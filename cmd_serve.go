@@ -211,14 +211,12 @@ func serve(c *cli.Context) error {
 	if _, _, err := net.SplitHostPort(c.String("listen")); err != nil {
 		return usagef("--listen %q: want host:port, such as :8080 or 127.0.0.1:8080", c.String("listen"))
 	}
-	auth, err := buildAuth(c)
+	// The settings a reload replaces are read the way a reload reads them.
+	initial, err := readReloadable(c)
 	if err != nil {
 		return err
 	}
-	mapping, err := buildMapping(c)
-	if err != nil {
-		return err
-	}
+	auth, mapping := initial.auth, initial.mapping
 	certs, err := newCertSource(c.String("tls-cert"), c.String("tls-key"))
 	if err != nil {
 		return err

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"os"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
@@ -15,18 +14,16 @@ import (
 // STOPPING=1, STATUS= lines, and WATCHDOG=1 while the process is making
 // progress. Outside systemd (no $NOTIFY_SOCKET) it does nothing.
 type notifier struct {
-	log     *slog.Logger
-	enabled bool
+	log *slog.Logger
 }
 
 func newNotifier(log *slog.Logger) *notifier {
-	return &notifier{log: log, enabled: os.Getenv("NOTIFY_SOCKET") != ""}
+	return &notifier{log: log}
 }
 
+// send passes the states to systemd; without $NOTIFY_SOCKET SdNotify
+// sends nothing.
 func (n *notifier) send(states ...string) {
-	if !n.enabled {
-		return
-	}
 	msg := ""
 	for i, s := range states {
 		if i > 0 {

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -234,12 +235,12 @@ func NewRecordView(r spool.Record, dead bool) RecordView {
 	}
 	var s eventSummary
 	if json.Unmarshal(r.Event, &s) == nil {
+		// Unmarshal checked the whole event is valid JSON.
 		v.Type, v.UserID = s.Type, s.UserID
 		if v.UserID == "" {
 			v.UserID = s.AnonymousID
 		}
-	}
-	if !json.Valid(v.Event) {
+	} else if !json.Valid(v.Event) {
 		// Never write an export line that cannot be read back.
 		v.Event = json.RawMessage("null")
 		v.Unreadable = "the stored event is not valid JSON"
@@ -460,8 +461,8 @@ func MarshalRecordLine(v RecordView) ([]byte, error) {
 func ParseIDs(args []string) ([]uint64, error) {
 	var ids []uint64
 	for _, a := range args {
-		var id uint64
-		if _, err := fmt.Sscan(strings.TrimSpace(a), &id); err != nil || id == 0 || fmt.Sprint(id) != strings.TrimSpace(a) {
+		id, err := strconv.ParseUint(strings.TrimSpace(a), 10, 64)
+		if err != nil || id == 0 {
 			return nil, fmt.Errorf("%q is not a record id (ids are positive integers, as spool ls shows them)", a)
 		}
 		ids = append(ids, id)

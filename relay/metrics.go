@@ -252,10 +252,14 @@ func (m *Metrics) EventsReceived(types []string) {
 
 // typeLabel is the type label of a GWEN type as sent.
 func typeLabel(t string) string {
-	if !KnownType(NormalizeType(t)) {
+	norm := NormalizeType(t)
+	if !KnownType(norm) {
 		return eventTypeOther
 	}
-	return overrideKey(t)
+	if canon, ok := typeAliases[norm]; ok {
+		return canon
+	}
+	return norm
 }
 
 // RequestRejected implements IngestObserver.
