@@ -316,13 +316,7 @@ func TestService_TLS(t *testing.T) {
 	}
 	mark := len(p.LogLines("reloaded"))
 	p.Signal(syscall.SIGHUP)
-	deadline := time.Now().Add(20 * time.Second)
-	for len(p.LogLines("reloaded")) == mark {
-		if time.Now().After(deadline) {
-			t.Fatalf("no reload logged within 20s")
-		}
-		p.WaitLog("reloaded", 20*time.Second)
-	}
+	waitLogN(t, p, "reloaded", mark+1)
 	resp, err = post(client(pool2, 0))
 	if err != nil || resp.StatusCode != http.StatusAccepted || resp.TLS.PeerCertificates[0].SerialNumber.Int64() != 2 {
 		t.Fatalf("after reload: %v %v, want the new certificate (serial 2)", resp, err)
