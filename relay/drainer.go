@@ -281,6 +281,17 @@ func (d *Drainer) Run(ctx context.Context, drainTimeout time.Duration) error {
 	case err = <-loopDone:
 		looping = false
 	case <-ctx.Done():
+		// Let the loop see the stop before the senders close: analytics-go
+		// closes the channel Enqueue sends on (and recovers the panic), so
+		// a Close beside an Enqueue is a data race. A loop blocked in a
+		// sender that cannot write is not waited for long.
+		t := time.NewTimer(min(time.Second, drainTimeout))
+		select {
+		case err = <-loopDone:
+			looping = false
+		case <-t.C:
+		}
+		t.Stop()
 	}
 	// The deadline runs from the stop request, whatever the loop is doing
 	// (it may be blocked handing a message to a sender that cannot write).
@@ -406,20 +417,28 @@ func (d *Drainer) loop(ctx context.Context) error {
 				}
 			}
 			if err := yield.WaitN(ctx, min(len(claimed), yield.Burst())); err != nil {
-				// Stopping: these were claimed but never sent.
-				rs := make([]result, len(claimed))
-				for i, r := range claimed {
-					rs[i] = result{f: flight{rec: r}}
-				}
-				d.release(rs, true)
+				d.unsent(claimed) // stopping
 				return nil
 			}
 		}
-		for _, r := range claimed {
+		for i, r := range claimed {
+			if ctx.Err() != nil {
+				d.unsent(claimed[i:]) // stopping: Run is about to close the senders
+				return nil
+			}
 			d.send(r, false)
 		}
 		cursor = last
 	}
+}
+
+// unsent releases records that were claimed but never handed to a sender.
+func (d *Drainer) unsent(recs []spool.Record) {
+	rs := make([]result, len(recs))
+	for i, r := range recs {
+		rs[i] = result{f: flight{rec: r}}
+	}
+	d.release(rs, true)
 }
 
 // claim reads up to limit pending records after the cursor and marks those
