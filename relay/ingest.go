@@ -166,6 +166,7 @@ type ingestResponse struct {
 	Accepted   int      `json:"accepted"`
 	Duplicates int      `json:"duplicates"`
 	IDs        []uint64 `json:"ids"`
+	status     int      // the status it was answered with
 }
 
 // apiError is a failure answer: its status, a message that says what was
@@ -204,45 +205,96 @@ func writeError(w http.ResponseWriter, e *apiError) {
 }
 
 func (h *Ingest) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	resp, status, aerr := h.handle(w, r)
+	h.serve(w, r, webhookEndpoint{h})
+}
+
+// endpoint is what differs between the ingest routes (/webhook and
+// Segment's /v1/*): the checks are the same, the body's shape and the
+// answer are not.
+type endpoint interface {
+	// route names it in metrics and logs.
+	route() string
+	// segmentAPI: Segment's rules for auth (writeKey in the body), content
+	// type and signature (Segment's libraries sign nothing).
+	segmentAPI() bool
+	// parse validates the body and builds one spool entry per event;
+	// authed says whether the request's header carried a valid credential
+	// (when it did not, the body must).
+	parse(r *http.Request, body []byte, auth *Auth, authed bool, now time.Time) ([]spool.Entry, *apiError)
+	// answer is the status and body of a success.
+	answer(res *ingestResponse, all bool) (int, any)
+}
+
+type webhookEndpoint struct{ h *Ingest }
+
+func (webhookEndpoint) route() string    { return routeWebhook }
+func (webhookEndpoint) segmentAPI() bool { return false }
+
+func (e webhookEndpoint) parse(r *http.Request, body []byte, _ *Auth, _ bool, now time.Time) ([]spool.Entry, *apiError) {
+	return e.h.parse(body, r.Header.Get("Idempotency-Key"), now)
+}
+
+func (webhookEndpoint) answer(res *ingestResponse, allDuplicates bool) (int, any) {
+	if allDuplicates {
+		return http.StatusOK, res
+	}
+	return http.StatusAccepted, res
+}
+
+func (h *Ingest) serve(w http.ResponseWriter, r *http.Request, ep endpoint) {
+	resp, aerr := h.handle(w, r, ep)
+	var body any
+	if aerr == nil {
+		resp.status, body = ep.answer(resp, resp.Accepted == 0)
+	}
 	if h.obs != nil {
-		h.observeAnswer(resp, status, aerr)
+		h.observeAnswer(ep.route(), resp, aerr)
 	}
 	if aerr != nil {
 		if aerr.status >= 500 {
-			h.log.Warn("webhook refused", "status", aerr.status, "error", aerr.msg, "remote", r.RemoteAddr)
+			h.log.Warn("request refused", "route", ep.route(), "status", aerr.status, "error", aerr.msg, "remote", r.RemoteAddr)
 		} else {
-			h.log.Debug("webhook rejected", "status", aerr.status, "error", aerr.msg, "remote", r.RemoteAddr)
+			h.log.Debug("request rejected", "route", ep.route(), "status", aerr.status, "error", aerr.msg, "remote", r.RemoteAddr)
 		}
 		writeError(w, aerr)
 		return
 	}
-	writeJSON(w, status, resp)
+	writeJSON(w, resp.status, body)
 }
 
-func (h *Ingest) handle(w http.ResponseWriter, r *http.Request) (*ingestResponse, int, *apiError) {
+func (h *Ingest) handle(w http.ResponseWriter, r *http.Request, ep endpoint) (*ingestResponse, *apiError) {
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
-		return nil, 0, errorf(http.StatusMethodNotAllowed, "method %s not allowed: POST a JSON event or array of events", r.Method)
+		what := "a JSON event or array of events"
+		if ep.segmentAPI() {
+			what = "a Segment message as JSON"
+		}
+		return nil, errorf(http.StatusMethodNotAllowed, "method %s not allowed: POST %s", r.Method, what)
 	}
 	h.lastPost.Store(time.Now().UnixNano())
 	if h.stopping.Load() {
 		// Ask the client to drop this keep-alive connection: the listener is
 		// about to close and the next request should go elsewhere.
 		w.Header().Set("Connection", "close")
-		return nil, 0, unavailable(5, "gwenrelay is shutting down; retry shortly").as(rejectStopping)
+		return nil, unavailable(5, "gwenrelay is shutting down; retry shortly").as(rejectStopping)
 	}
 	auth := h.auth.Load()
-	if !auth.checkToken(r) {
-		if r.Header.Get("Authorization") == "" {
-			return nil, 0, errorf(http.StatusUnauthorized, "missing credential: send Authorization: Bearer <token> or Basic with the token as user name")
+	authed := auth.checkToken(r)
+	if !authed {
+		switch {
+		case r.Header.Get("Authorization") != "":
+			return nil, errorf(http.StatusUnauthorized, "credential not accepted: check the token the sender uses against --inbound-token / --inbound-token-file")
+		case !ep.segmentAPI():
+			return nil, errorf(http.StatusUnauthorized, "missing credential: send Authorization: Bearer <token> or Basic with the token as user name")
 		}
-		return nil, 0, errorf(http.StatusUnauthorized, "credential not accepted: check the token the sender uses against --inbound-token / --inbound-token-file")
+		// Segment's API also takes the write key in the body: parse checks it.
 	}
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		mt, _, err := mime.ParseMediaType(ct)
-		if err != nil || !(mt == "application/json" || strings.HasSuffix(mt, "+json")) {
-			return nil, 0, errorf(http.StatusUnsupportedMediaType, "content type %q is not JSON: send application/json", ct)
+		// Segment's browser library posts text/plain to spare a CORS preflight.
+		json := err == nil && (mt == "application/json" || strings.HasSuffix(mt, "+json"))
+		if !json && !(ep.segmentAPI() && err == nil && mt == "text/plain") {
+			return nil, errorf(http.StatusUnsupportedMediaType, "content type %q is not JSON: send application/json", ct)
 		}
 	}
 	gzipped := false
@@ -251,16 +303,16 @@ func (h *Ingest) handle(w http.ResponseWriter, r *http.Request) (*ingestResponse
 	case "gzip", "x-gzip":
 		gzipped = true
 	default:
-		return nil, 0, errorf(http.StatusUnsupportedMediaType, "content encoding %q is not supported: send gzip or no encoding", enc)
+		return nil, errorf(http.StatusUnsupportedMediaType, "content encoding %q is not supported: send gzip or no encoding", enc)
 	}
 	if r.ContentLength > h.maxBody {
-		return nil, 0, errorf(http.StatusRequestEntityTooLarge, "body is over the %d-byte limit", h.maxBody)
+		return nil, errorf(http.StatusRequestEntityTooLarge, "body is over the %d-byte limit", h.maxBody)
 	}
 	select {
 	case h.inflight <- struct{}{}:
 		defer func() { <-h.inflight }()
 	default:
-		return nil, 0, unavailable(1, "too many requests in progress; retry shortly").as(rejectOverloaded)
+		return nil, unavailable(1, "too many requests in progress; retry shortly").as(rejectOverloaded)
 	}
 	// Reserve memory for the body before reading it: what it declares, or
 	// the limit when it does not say (chunked) or is compressed.
@@ -271,39 +323,37 @@ func (h *Ingest) handle(w http.ResponseWriter, r *http.Request) (*ingestResponse
 	need *= 3
 	if total := h.buffered.Add(need); total > h.maxBuf && total != need {
 		h.buffered.Add(-need)
-		return nil, 0, unavailable(1, "too much request data in progress; retry shortly").as(rejectOverloaded)
+		return nil, unavailable(1, "too much request data in progress; retry shortly").as(rejectOverloaded)
 	}
 	defer h.buffered.Add(-need)
 
 	raw, aerr := h.readBody(w, r, gzipped)
 	if aerr != nil {
-		return nil, 0, aerr
+		return nil, aerr
 	}
-	if err := auth.checkSignature(r, raw.wire); err != nil {
-		return nil, 0, errorf(http.StatusUnauthorized, "signature: %v", err)
+	if !ep.segmentAPI() {
+		if err := auth.checkSignature(r, raw.wire); err != nil {
+			return nil, errorf(http.StatusUnauthorized, "signature: %v", err)
+		}
 	}
 	now := h.now()
-	entries, aerr := h.parse(raw.body, r.Header.Get("Idempotency-Key"), now)
+	entries, aerr := ep.parse(r, raw.body, auth, authed, now)
 	if aerr != nil {
-		return nil, 0, aerr
+		return nil, aerr
 	}
 	res, err := h.store.Append(entries)
 	if err != nil {
 		if !errors.Is(err, spool.ErrOverQuota) && !errors.Is(err, spool.ErrClosed) {
 			h.storeFailing.Store(true)
 		}
-		return nil, 0, storeError(err)
+		return nil, storeError(err)
 	}
 	h.storeFailing.Store(false)
 	h.spooled.Add(int64(len(entries) - res.Duplicates))
 	if h.onSpooled != nil {
 		h.onSpooled()
 	}
-	out := &ingestResponse{Accepted: len(entries) - res.Duplicates, Duplicates: res.Duplicates, IDs: res.IDs}
-	if res.Duplicates == len(entries) {
-		return out, http.StatusOK, nil
-	}
-	return out, http.StatusAccepted, nil
+	return &ingestResponse{Accepted: len(entries) - res.Duplicates, Duplicates: res.Duplicates, IDs: res.IDs}, nil
 }
 
 // storeError turns a failed commit into a 503 that tells the sender to come

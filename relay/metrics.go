@@ -23,6 +23,7 @@ import (
 // Routes of the public server, as counted in gwenrelay_http_requests_total.
 const (
 	routeWebhook = "/webhook"
+	routeSegment = "/v1" // Segment's API: /v1/track, /v1/batch, ...
 	routeHealthz = "/healthz"
 	routeReadyz  = "/readyz"
 	routeOther   = "other"
@@ -138,7 +139,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{now: time.Now}
 	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "gwenrelay_http_requests_total",
-		Help: "Answers of the public server, by route (/webhook, /healthz, /readyz, other) and status code.",
+		Help: "Answers of the public server, by route (/webhook, /v1 for all of Segment's API, /healthz, /readyz, other) and status code.",
 	}, []string{"route", "code"})
 	received, receivedByType := labelledCounters(prometheus.CounterOpts{
 		Name: "gwenrelay_events_received_total",
@@ -233,7 +234,7 @@ func (m *Metrics) ObserveRequest(route string, status int) {
 		return
 	}
 	switch route {
-	case routeWebhook, routeHealthz, routeReadyz:
+	case routeWebhook, routeSegment, routeHealthz, routeReadyz:
 	default:
 		route = routeOther
 	}
@@ -467,14 +468,14 @@ func (h *Ingest) counted(route string, next http.HandlerFunc) http.HandlerFunc {
 }
 
 // observeAnswer tells the observer how a webhook request was answered.
-func (h *Ingest) observeAnswer(resp *ingestResponse, status int, aerr *apiError) {
+func (h *Ingest) observeAnswer(route string, resp *ingestResponse, aerr *apiError) {
 	if aerr != nil {
 		h.obs.RequestRejected(rejectReason(aerr))
-		h.obs.ObserveRequest(routeWebhook, aerr.status)
+		h.obs.ObserveRequest(route, aerr.status)
 		return
 	}
 	h.obs.EventsSpooled(resp.Accepted, resp.Duplicates)
-	h.obs.ObserveRequest(routeWebhook, status)
+	h.obs.ObserveRequest(route, resp.status)
 }
 
 // statusWriter remembers the status a handler answered.

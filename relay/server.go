@@ -19,8 +19,8 @@ const (
 	MaxHeaderBytes    = 64 << 10
 )
 
-// Server is the public HTTP endpoint: POST /webhook plus /healthz and
-// /readyz for load balancers.
+// Server is the public HTTP endpoint: POST /webhook, Segment's API under
+// /v1/, and /healthz and /readyz for load balancers.
 type Server struct {
 	Ingest *Ingest
 	http   *http.Server
@@ -31,10 +31,13 @@ func NewServer(ingest *Ingest) *Server {
 	s := &Server{Ingest: ingest}
 	mux := http.NewServeMux()
 	mux.Handle("/webhook", ingest)
+	for _, call := range SegmentCalls {
+		mux.Handle("/v1/"+call, ingest.SegmentAPI(call))
+	}
 	mux.HandleFunc("/healthz", ingest.counted(routeHealthz, healthz))
 	mux.HandleFunc("/readyz", ingest.counted(routeReadyz, readyz(ingest.Ready)))
 	mux.HandleFunc("/", ingest.counted(routeOther, func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, errorf(http.StatusNotFound, "no such endpoint %s: POST events to /webhook", r.URL.Path))
+		writeError(w, errorf(http.StatusNotFound, "no such endpoint %s: POST GWEN webhooks to /webhook, Segment API calls to /v1/track, /v1/identify, /v1/page, /v1/screen, /v1/group, /v1/alias or /v1/batch", r.URL.Path))
 	}))
 	s.http = &http.Server{
 		Handler:           mux,

@@ -53,10 +53,10 @@ func TestServer_Routes(t *testing.T) {
 			t.Errorf("HEAD: %d, Allow %q", r.status, r.header.Get("Allow"))
 		}
 	})
-	for _, p := range []string{"/", "/webhooks", "/webhook/", "/v2/webhook"} {
+	for _, p := range []string{"/", "/webhooks", "/webhook/", "/v2/webhook", "/v1/trace", "/v1/track/"} {
 		t.Run("404 "+p, func(t *testing.T) {
 			r := e.do(t, http.MethodPost, p, ingestEvent(1), map[string]string{"Authorization": "Bearer " + ingestTestToken})
-			wantError(t, r, http.StatusNotFound, "no such endpoint "+p+": POST events to /webhook")
+			wantError(t, r, http.StatusNotFound, "no such endpoint "+p+": POST GWEN webhooks to /webhook, Segment API calls to /v1/track, /v1/identify, /v1/page, /v1/screen, /v1/group, /v1/alias or /v1/batch")
 		})
 	}
 	t.Run("404 stores nothing", func(t *testing.T) {
