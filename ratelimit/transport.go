@@ -29,9 +29,12 @@ type Transport struct {
 	// status (0 on a transport error), the error, how long the limiter held
 	// it and how long the exchange took.
 	Observe func(events, status int, err error, waited, took time.Duration)
-	// Prepare, when set, rewrites the body of each attempt once the limiter
-	// has released it, just before it is sent.
-	Prepare func(body []byte) []byte
+	// Prepare, when set, gives the body each attempt is sent with, once the
+	// limiter has released it: body is the one the request carried (what
+	// Count counted), req the request as the caller made it (its context may
+	// carry what the body is built from). The result must carry as many
+	// events as body.
+	Prepare func(req *http.Request, body []byte) []byte
 }
 
 // RoundTrip waits for the limiter, sends the request and, on a 429, imposes
@@ -57,7 +60,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	if t.Prepare != nil {
-		body = t.Prepare(body)
+		body = t.Prepare(req, body)
 	}
 	out := req.Clone(req.Context())
 	out.ContentLength = int64(len(body)) // Prepare may have changed it

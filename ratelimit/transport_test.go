@@ -563,6 +563,67 @@ func TestTransport_Body(t *testing.T) {
 		}
 	})
 
+	t.Run("Prepare gives the body once the limiter released it", func(t *testing.T) {
+		var (
+			mu    sync.Mutex
+			got   []byte
+			gotCL int64
+		)
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			b, _ := io.ReadAll(r.Body)
+			mu.Lock()
+			defer mu.Unlock()
+			got, gotCL = b, r.ContentLength
+		}))
+		defer srv.Close()
+		type key struct{}
+		original := batchBody("before", 3, 10)
+		var counted []byte
+		var preparedAt time.Time
+		var prepared []byte
+		l := New(100, 10)
+		tr := &Transport{
+			Base:    srv.Client().Transport,
+			Limiter: l,
+			Count: func(b []byte) int {
+				counted = append([]byte(nil), b...)
+				return countJSONBatch(b)
+			},
+			Prepare: func(req *http.Request, body []byte) []byte {
+				preparedAt = time.Now()
+				if !bytes.Equal(body, original) {
+					t.Errorf("Prepare got %d bytes, want the %d the request carried", len(body), len(original))
+				}
+				tag, _ := req.Context().Value(key{}).(string)
+				prepared = batchBody(tag, 3, 100) // longer than the original
+				return prepared
+			},
+		}
+		const hold = 200 * time.Millisecond
+		start := time.Now()
+		l.Pause(hold)
+		req, err := http.NewRequestWithContext(context.WithValue(context.Background(), key{}, "after"), http.MethodPost, srv.URL, bytes.NewReader(original))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := (&http.Client{Transport: tr}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if preparedAt.Sub(start) < hold {
+			t.Errorf("Prepare ran %v after the request, before the %v pause ended", preparedAt.Sub(start), hold)
+		}
+		if !bytes.Equal(counted, original) {
+			t.Errorf("Count saw %d bytes, want the %d the request carried", len(counted), len(original))
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if !bytes.Equal(got, prepared) || gotCL != int64(len(prepared)) || !bytes.Contains(got, []byte("after-0")) {
+			t.Errorf("server got %d bytes (Content-Length %d), want the %d Prepare built from the request's context", len(got), gotCL, len(prepared))
+		}
+	})
+
 	t.Run("no body, nil Count and nil Base", func(t *testing.T) {
 		var method atomic.Value
 		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

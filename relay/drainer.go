@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,8 +20,8 @@ import (
 )
 
 // Sender takes messages for delivery and reports each one's fate to the
-// callback it was built with. analytics-go's Client is one; the dry-run sink
-// is another.
+// callback it was built with. NewSegmentSenders' senders (analytics-go and
+// the raw sender behind one front) are one; the dry-run sink is another.
 type Sender interface {
 	Enqueue(analytics.Message) error
 	Close() error
@@ -266,11 +267,11 @@ func jitterBackoff(failures int, base, max time.Duration) time.Duration {
 }
 
 // Run delivers until ctx ends, then stops taking records and closes the
-// senders: analytics-go's Close sends what it has queued, waits for uploads
-// on the wire and gives up batches that are waiting to retry. Run waits for
-// that, or for drainTimeout, whichever comes first. Records not delivered by
-// then stay pending and are sent again, with the same messageId, at the next
-// start.
+// senders: their Close (analytics-go's and the raw sender's) sends what is
+// queued, waits for uploads on the wire and gives up batches that are
+// waiting to retry. Run waits for that, or for drainTimeout, whichever comes
+// first. Records not delivered by then stay pending and are sent again, with
+// the same messageId, at the next start.
 func (d *Drainer) Run(ctx context.Context, drainTimeout time.Duration) error {
 	d.beat.Store(time.Now().UnixNano())
 	loopDone := make(chan error, 1)
@@ -532,8 +533,29 @@ func recordMessage(r spool.Record, m *Mapping) (analytics.Message, error) {
 			return nil, err
 		}
 		return m.Map(ev, r.ReceivedAt, r.MessageID)
+	case spool.KindSegment:
+		// Stored as Segment's own JSON: forwarded as it is.
+		msg := &SegmentMessage{ID: r.MessageID, Type: segmentType(r.Event), Raw: r.Event, ReceivedAt: r.ReceivedAt}
+		if err := msg.Validate(); err != nil {
+			return nil, err
+		}
+		return msg, nil
 	}
 	return nil, fmt.Errorf("record kind %d is not known to this gwenrelay", r.Kind)
+}
+
+// segmentType returns the top-level "type" of a stored Segment message, or
+// "" if it has none that is a string.
+func segmentType(raw []byte) string {
+	start, end, ok := topLevelField(raw, "type")
+	if !ok {
+		return ""
+	}
+	var typ string
+	if json.Unmarshal(raw[start:end], &typ) != nil {
+		return ""
+	}
+	return typ
 }
 
 // take removes one in-flight entry for a messageId (FIFO if a repeat of the
@@ -554,7 +576,7 @@ func (d *Drainer) take(msgID string) (flight, bool) {
 	return f, true
 }
 
-// callback receives analytics-go's verdicts. It must return quickly: it only
+// callback receives the senders' verdicts. It must return quickly: it only
 // classifies and queues; the spool work happens in settle.
 type callback struct {
 	d        *Drainer
@@ -577,7 +599,11 @@ func (c callback) Failure(m analytics.Message, err error) {
 	reason := err.Error()
 	switch class := classify(err); class {
 	case failTooBig:
-		c.d.emit(result{kind: resDead, f: f, reason: "Segment's 32,000-byte limit: " + reason})
+		limit := "Segment's 32,000-byte limit: "
+		if _, ok := m.(*SegmentMessage); ok {
+			limit = "Segment's 32 KB limit on a message: "
+		}
+		c.d.emit(result{kind: resDead, f: f, reason: limit + reason})
 	case failRejected:
 		if f.isolated {
 			if why := c.d.cfg.Rejections.Reason(f.rec.MessageID); why != "" {
@@ -603,8 +629,9 @@ const (
 	failClosed
 )
 
-// classify reads analytics-go's error. For a non-2xx answer it is
-// "<status> <status text>"; anything else is a transport problem.
+// classify reads a sender's error, shaped as analytics-go's (the raw sender
+// follows it). For a non-2xx answer it is "<status> <status text>";
+// anything else is a transport problem.
 func classify(err error) failClass {
 	switch {
 	case errors.Is(err, analytics.ErrMessageTooBig):
@@ -663,6 +690,8 @@ func messageID(m analytics.Message) string {
 		return v.MessageId
 	case *analytics.Alias:
 		return v.MessageId
+	case *SegmentMessage:
+		return v.ID
 	}
 	return ""
 }

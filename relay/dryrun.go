@@ -14,11 +14,14 @@ import (
 
 // NewDryRunSender returns the sender constructor of --dry-run: each message
 // becomes one line of NDJSON on w (exactly the JSON analytics-go would put in
-// a batch) and is then reported delivered, so the spool drains as it would
-// to Segment; a message over Segment's 32,000 bytes is reported failed with
-// analytics.ErrMessageTooBig, as analytics-go does. Senders built from one
-// constructor share w. lim, when not nil, paces the lines as --rate paces
-// Segment. Lines are not fsynced: a dry run is for looking, not keeping.
+// a batch, or for a SegmentMessage its Body as the raw sender would send it
+// now) and is then reported delivered, so the spool drains as it would to
+// Segment; a message over Segment's limit (32,000 bytes as analytics-go
+// encodes it; MaxSegmentMessageBytes as stored for a SegmentMessage) is
+// reported failed with analytics.ErrMessageTooBig, as the real senders do.
+// Senders built from one constructor share w. lim, when not nil, paces the
+// lines as --rate paces Segment. Lines are not fsynced: a dry run is for
+// looking, not keeping.
 func NewDryRunSender(w io.Writer, lim *ratelimit.Limiter) func(analytics.Callback) (Sender, error) {
 	out := &lockedWriter{w: w}
 	return func(cb analytics.Callback) (Sender, error) {
@@ -49,8 +52,12 @@ func (s *dryRunSink) Enqueue(m analytics.Message) error {
 	if err != nil {
 		return fmt.Errorf("encode message: %w", err)
 	}
-	if len(b) > MaxMessageBytes {
-		// analytics-go refuses it this way (Segment would reject it), so
+	tooBig := len(b) > MaxMessageBytes
+	if sm, ok := m.(*SegmentMessage); ok {
+		tooBig = segmentMessageTooBig(sm) // as the raw sender decides
+	}
+	if tooBig {
+		// The real senders refuse it this way (Segment would reject it), so
 		// a dry run drains the spool as a real one would: to dead letters.
 		s.cb.Failure(m, analytics.ErrMessageTooBig)
 		return nil

@@ -3,6 +3,7 @@ package relay
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -135,6 +136,55 @@ func TestDryRun(t *testing.T) {
 		lines := strings.Split(strings.TrimSuffix(string(out.Bytes()), "\n"), "\n")
 		if len(lines) != len(good) {
 			t.Errorf("%d lines written, want %d (only the good records)", len(lines), len(good))
+		}
+	})
+
+	t.Run("Segment messages are written as they would be sent", func(t *testing.T) {
+		t.Parallel()
+		sp := openDrainSpool(t, "")
+		plain := rawMessage("dry-plain", `,"context":{"custom":{"k":"v"}},"properties":{}`, time.Now().Round(0))
+		sent := rawMessage("dry-sentat", `,"sentAt":"2024-06-03T12:00:01.000Z"`, rawPast())
+		big := rawPadded(t, "dry-big", MaxSegmentMessageBytes+1)
+		recs := drainAppendRaw(t, sp, spoolSegmentEntry(plain), spoolSegmentEntry(sent), spoolSegmentEntry(big))
+		var out syncBuffer
+		rig := startDrain(t, sp, drainRigConfig{sender: NewDryRunSender(&out, nil)})
+		waitFor(t, 10*time.Second, "the spool drained", func() bool {
+			st := spoolStats(t, sp)
+			return st.Pending == 0 && st.Dead == 1
+		})
+		rig.stop()
+		dead := deadRecords(t, sp)
+		if len(dead) != 1 || dead[0].ID != recs[2].ID || !strings.Contains(dead[0].LastError, "32 KB") {
+			t.Errorf("dead letters %+v, want the oversize message for Segment's 32 KB limit", dead)
+		}
+		lines := strings.Split(strings.TrimSuffix(string(out.Bytes()), "\n"), "\n")
+		if len(lines) != 2 {
+			t.Fatalf("%d lines, want 2:\n%s", len(lines), out.Bytes())
+		}
+		for _, line := range lines {
+			var f struct{ MessageID, SentAt string }
+			if err := json.Unmarshal([]byte(line), &f); err != nil {
+				t.Fatalf("line %s: %v", line, err)
+			}
+			switch f.MessageID {
+			case plain.ID:
+				if line != string(plain.Raw) {
+					t.Errorf("wrote\n%s\nwant the stored message\n%s", line, plain.Raw)
+				}
+			case sent.ID:
+				// Its Body at the moment the line was written: the caller's
+				// sentAt moved on by the hour and more spent in the relay.
+				moved, err := time.Parse(time.RFC3339Nano, f.SentAt)
+				orig := time.Date(2024, 6, 3, 12, 0, 1, 0, time.UTC)
+				if err != nil || moved.Sub(orig) < time.Hour {
+					t.Fatalf("sentAt %q, want the caller's moved on by over an hour", f.SentAt)
+				}
+				if want := sent.Body(sent.ReceivedAt.Add(moved.Sub(orig))); line != string(want) {
+					t.Errorf("wrote\n%s\nwant\n%s", line, want)
+				}
+			default:
+				t.Errorf("unexpected line %s", line)
+			}
 		}
 	})
 

@@ -316,9 +316,15 @@ func eventGroupID(ev Event) (string, error) {
 // message into a batch: the Type field set as Enqueue sets it ("track",
 // "identify", "group", "page", "screen", "alias"), messageId and timestamp as
 // given (Enqueue fills them only when empty, and Map always sets them). Its
-// length is what Segment's 32,000-byte message limit applies to.
+// length is what Segment's 32,000-byte message limit applies to. A
+// SegmentMessage is its Body as it would leave now (the raw sender sends it,
+// and MaxSegmentMessageBytes applies to it).
 func MarshalMessage(msg analytics.Message) ([]byte, error) {
 	switch m := msg.(type) {
+	case *SegmentMessage:
+		if m != nil {
+			return m.Body(time.Now()), nil
+		}
 	case analytics.Track:
 		m.Type = "track"
 		return json.Marshal(m)

@@ -30,7 +30,8 @@ const (
 	maxBatch = 250
 )
 
-// SegmentConfig configures delivery through analytics-go.
+// SegmentConfig configures delivery to Segment, through analytics-go and
+// the raw sender.
 type SegmentConfig struct {
 	WriteKey string
 	Endpoint string             // default DefaultSegmentEndpoint
@@ -42,8 +43,8 @@ type SegmentConfig struct {
 	// (default DefaultRequestTimeout).
 	FlushInterval  time.Duration
 	RequestTimeout time.Duration
-	// RetryBase and RetryMax shape analytics-go's ten retries of a batch
-	// (defaults 100ms and 2s); the drainer's own backoff follows them.
+	// RetryBase and RetryMax shape the ten attempts at a batch (defaults
+	// 100ms and 2s); the drainer's own backoff follows them.
 	RetryBase, RetryMax time.Duration
 	// Rejections, when set, records what Segment says when it refuses a
 	// batch as invalid; give the same log to the drainer.
@@ -55,8 +56,11 @@ type SegmentConfig struct {
 
 // NewSegmentSenders returns the constructors the drainer needs: one for
 // normal batches, one that sends each message in a batch of its own (to
-// find the record that made Segment reject a batch). Both share the limiter,
-// so the rate and any pause apply to all traffic.
+// find the record that made Segment reject a batch). Their senders deliver
+// a SegmentMessage (one that came in through Segment's own API) through the
+// raw sender, field for field as stored, and any other message through
+// analytics-go. Both kinds share one HTTP stack and the limiter, so the rate,
+// any pause, the metrics and the rejection log apply to all traffic.
 func NewSegmentSenders(cfg SegmentConfig) (normal, isolation func(analytics.Callback) (Sender, error)) {
 	if cfg.Endpoint == "" {
 		cfg.Endpoint = DefaultSegmentEndpoint
@@ -99,7 +103,7 @@ func NewSegmentSenders(cfg SegmentConfig) (normal, isolation func(analytics.Call
 			if err != nil {
 				return nil, fmt.Errorf("configure the Segment client: %w", err)
 			}
-			return c, nil
+			return &segmentSender{sdk: c, raw: newRawSender(cfg, transport, batchSize, cb)}, nil
 		}
 	}
 	// A batch never carries more events than the limiter's burst, so the
@@ -111,16 +115,62 @@ func NewSegmentSenders(cfg SegmentConfig) (normal, isolation func(analytics.Call
 	return build(size), build(1)
 }
 
-// segmentTransport is the HTTP stack under analytics-go: the limiter (rate
-// and Retry-After pauses), then the per-attempt timeout, then cfg.Base.
+// segmentSender routes each message to the sender that can carry it: a
+// SegmentMessage to the raw sender, the rest to analytics-go.
+type segmentSender struct {
+	sdk Sender
+	raw *rawSender
+}
+
+func (s *segmentSender) Enqueue(m analytics.Message) error {
+	if _, ok := m.(*SegmentMessage); ok {
+		return s.raw.Enqueue(m)
+	}
+	return s.sdk.Enqueue(m)
+}
+
+// Close closes both senders at once (each may wait for its uploads) and
+// returns analytics-go's error, else the raw sender's.
+func (s *segmentSender) Close() error {
+	rawErr := make(chan error, 1)
+	go func() { rawErr <- s.raw.Close() }()
+	err := s.sdk.Close()
+	if rerr := <-rawErr; err == nil {
+		err = rerr
+	}
+	return err
+}
+
+// segmentTransport is the HTTP stack under analytics-go and the raw sender:
+// the limiter (rate and Retry-After pauses), then the per-attempt timeout,
+// then cfg.Base.
 func segmentTransport(cfg SegmentConfig) http.RoundTripper {
 	return queueTransport{next: &ratelimit.Transport{
 		Base:    timeoutTransport{base: rejectionRecorder{base: cfg.Base, log: cfg.Rejections}, timeout: cfg.RequestTimeout},
 		Limiter: cfg.Limiter,
 		Count:   countBatch,
 		Observe: cfg.Observe,
-		Prepare: restampSentAt,
+		Prepare: prepareBody,
 	}}
+}
+
+// bodyBuilderKey is the context key under which a request carries the
+// function that builds its body for the moment it leaves.
+type bodyBuilderKey struct{}
+
+// withBodyBuilder returns ctx carrying build, for prepareBody.
+func withBodyBuilder(ctx context.Context, build func(now time.Time) []byte) context.Context {
+	return context.WithValue(ctx, bodyBuilderKey{}, build)
+}
+
+// prepareBody is the body an upload leaves with, once the limiter released
+// it: built anew by the raw sender's builder when the request carries one,
+// else analytics-go's body with its sentAt restamped.
+func prepareBody(req *http.Request, body []byte) []byte {
+	if build, ok := req.Context().Value(bodyBuilderKey{}).(func(time.Time) []byte); ok {
+		return build(time.Now())
+	}
+	return restampSentAt(body)
 }
 
 // restampSentAt sets the batch's sentAt to the moment it is really sent.
