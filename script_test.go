@@ -86,9 +86,11 @@ func TestScripts(t *testing.T) {
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
 			"fakesegment": cmdFakeSegment,
 			"post":        cmdPost,
+			"postsegment": cmdPostSegment,
 			"waitstats":   cmdWaitStats,
 			"waitsocket":  cmdWaitSocket,
 			"segmentgot":  cmdSegmentGot,
+			"segmentmsg":  cmdSegmentMsg,
 			"cmpexcept":   cmdCmpExcept,
 			"cmpjson":     cmdCmpJSON,
 			"cmpsize":     cmdCmpSize,
@@ -185,6 +187,25 @@ func cmdPost(ts *testscript.TestScript, neg bool, args []string) {
 	}
 }
 
+// cmdPostSegment posts FILE to Segment's API at /v1/CALL, as a Segment
+// library does, and expects 200.
+func cmdPostSegment(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: postsegment CALL FILE")
+	}
+	body := readScriptFile(ts, args[1])
+	url := "http://127.0.0.1:" + ts.Getenv("PORT") + "/v1/" + args[0]
+	resp, err := e2eClient().Post(url, "application/json", strings.NewReader(body))
+	if err != nil {
+		ts.Fatalf("postsegment: %v", err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		ts.Fatalf("postsegment: %d %s", resp.StatusCode, b)
+	}
+}
+
 // poll calls f until it returns true, for at most 30 s.
 func poll(ts *testscript.TestScript, what string, f func() (bool, string)) {
 	deadline := time.Now().Add(30 * time.Second)
@@ -265,6 +286,34 @@ func cmdSegmentGot(ts *testscript.TestScript, neg bool, args []string) {
 		got := len(f.Delivered())
 		return got == n, fmt.Sprintf("%d delivered", got)
 	})
+}
+
+// cmdSegmentMsg writes to FILE the message with MESSAGEID as the fake
+// Segment received it (the last copy answered 200), indented.
+func cmdSegmentMsg(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: segmentmsg MESSAGEID FILE")
+	}
+	f := state(ts).fake
+	if f == nil {
+		ts.Fatalf("segmentmsg: no fakesegment started")
+	}
+	ok := map[int]bool{}
+	for i, r := range f.Requests() {
+		ok[i] = r.Status == http.StatusOK
+	}
+	var raw []byte
+	for _, m := range f.Messages() {
+		if m.MessageID == args[0] && ok[m.Request] {
+			raw = m.Raw
+		}
+	}
+	if raw == nil {
+		ts.Fatalf("segmentmsg: %s was not delivered", args[0])
+	}
+	var out bytes.Buffer
+	ts.Check(json.Indent(&out, raw, "", "  "))
+	ts.Check(os.WriteFile(ts.MkAbs(args[1]), append(out.Bytes(), '\n'), 0o644))
 }
 
 func readScriptFile(ts *testscript.TestScript, name string) string {

@@ -363,7 +363,11 @@ func (in *Inspector) Show(ctx context.Context, id uint64) (ShowView, error) {
 	}
 	v := ShowView{RecordView: NewRecordView(r, dead)}
 	msg, err := recordMessage(r, in.cfg.Mapping())
-	if err == nil {
+	if sm, ok := msg.(*SegmentMessage); ok {
+		// As stored: its sentAt is the caller's, moved on only when it is
+		// sent (so the view does not change from one look to the next).
+		v.Message = sm.Raw
+	} else if err == nil {
 		v.Message, err = MarshalMessage(msg)
 	}
 	if err != nil {
