@@ -589,3 +589,39 @@ func TestMetrics_Nil(t *testing.T) {
 	m.WatchSpool(nil)
 	m.WatchLimiter(nil)
 }
+
+// TestMetrics_SegmentAPI: Segment's API is counted under its own route, its
+// refusals by reason, and what it spools with the rest.
+func TestMetrics_SegmentAPI(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := NewMetrics(reg)
+	sp := openIngestSpool(t, "", spool.Options{DedupWindow: time.Hour})
+	auth, err := NewAuth([]string{ingestTestToken}, false, nil, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ingest := NewIngest(IngestConfig{Store: sp, Auth: auth, Logger: slog.New(slog.DiscardHandler), Observer: m})
+	ts := httptest.NewServer(NewServer(ingest).Handler())
+	defer ts.Close()
+	env := &ingestEnv{sp: sp, ingest: ingest, ts: ts}
+	wantSegmentOK(t, env.postSegment(t, "batch", segmentBatch(segmentTrack("m-1"), segmentTrack("m-2")), nil), 2, 0)
+	wantSegmentOK(t, env.postSegment(t, "track", []byte(segmentTrack("m-1")), nil), 0, 1)
+	if r := env.postSegment(t, "track", []byte(`{"userId":"u"}`), nil); r.status != http.StatusBadRequest {
+		t.Fatalf("track without event: %d %s", r.status, r.body)
+	}
+	if r := env.postSegment(t, "identify", []byte(`{"userId":"u"}`), map[string]string{"Authorization": ""}); r.status != http.StatusUnauthorized {
+		t.Fatalf("no credential: %d %s", r.status, r.body)
+	}
+	admin := httptest.NewServer(AdminHTTPHandler(MetricsHandler(reg, nil), ingest.Ready))
+	defer admin.Close()
+	s := scrapeMetrics(t, admin.URL+"/metrics")
+	s.wantCounters(t, "gwenrelay_http_requests_total", map[string]float64{"code=200,route=/v1": 2, "code=400,route=/v1": 1, "code=401,route=/v1": 1})
+	s.wantCounters(t, "gwenrelay_events_spooled_total", map[string]float64{"": 2})
+	s.wantCounters(t, "gwenrelay_events_duplicate_total", map[string]float64{"": 1})
+	if got := s.counter(t, "gwenrelay_events_rejected_total", "reason=invalid"); got != 1 {
+		t.Errorf("rejected{reason=invalid} = %v, want 1", got)
+	}
+	if got := s.counter(t, "gwenrelay_events_rejected_total", "reason=auth"); got != 1 {
+		t.Errorf("rejected{reason=auth} = %v, want 1", got)
+	}
+}
