@@ -601,7 +601,7 @@ func (c callback) Failure(m analytics.Message, err error) {
 	case failTooBig:
 		limit := "Segment's 32,000-byte limit: "
 		if _, ok := m.(*SegmentMessage); ok {
-			limit = "Segment's 32 KB limit on a message: "
+			limit = "too big for one upload to Segment: "
 		}
 		c.d.emit(result{kind: resDead, f: f, reason: limit + reason})
 	case failRejected:

@@ -17,7 +17,7 @@ import (
 // a batch, or for a SegmentMessage its Body as the raw sender would send it
 // now) and is then reported delivered, so the spool drains as it would to
 // Segment; a message over Segment's limit (32,000 bytes as analytics-go
-// encodes it; MaxSegmentMessageBytes as stored for a SegmentMessage) is
+// encodes it; for a SegmentMessage, one that cannot fit a batch) is
 // reported failed with analytics.ErrMessageTooBig, as the real senders do.
 // Senders built from one constructor share w. lim, when not nil, paces the
 // lines as --rate paces Segment. Lines are not fsynced: a dry run is for

@@ -144,7 +144,7 @@ func TestDryRun(t *testing.T) {
 		sp := openDrainSpool(t, "")
 		plain := rawMessage("dry-plain", `,"context":{"custom":{"k":"v"}},"properties":{}`, time.Now().Round(0))
 		sent := rawMessage("dry-sentat", `,"sentAt":"2024-06-03T12:00:01.000Z"`, rawPast())
-		big := rawPadded(t, "dry-big", MaxSegmentMessageBytes+1)
+		big := rawPadded(t, "dry-big", maxStoredSegmentMessage+1)
 		recs := drainAppendRaw(t, sp, spoolSegmentEntry(plain), spoolSegmentEntry(sent), spoolSegmentEntry(big))
 		var out syncBuffer
 		rig := startDrain(t, sp, drainRigConfig{sender: NewDryRunSender(&out, nil)})
@@ -154,8 +154,8 @@ func TestDryRun(t *testing.T) {
 		})
 		rig.stop()
 		dead := deadRecords(t, sp)
-		if len(dead) != 1 || dead[0].ID != recs[2].ID || !strings.Contains(dead[0].LastError, "32 KB") {
-			t.Errorf("dead letters %+v, want the oversize message for Segment's 32 KB limit", dead)
+		if len(dead) != 1 || dead[0].ID != recs[2].ID || !strings.Contains(dead[0].LastError, "too big for one upload to Segment") {
+			t.Errorf("dead letters %+v, want the oversize message, too big for one upload", dead)
 		}
 		lines := strings.Split(strings.TrimSuffix(string(out.Bytes()), "\n"), "\n")
 		if len(lines) != 2 {

@@ -76,6 +76,22 @@ type Mapping struct {
 	LibraryVersion string              // goes into context.library.version
 }
 
+// messageSizeBound is an upper bound on the encoded size of the Segment
+// message Map makes of an event of rawLen bytes: every value in it comes from
+// the event (the type at most twice: as a property and as the default event
+// name), from the overrides' event names or from LibraryVersion, and
+// encoding/json spells a byte of it as at most six (\u003c for <); the
+// fixed keys, messageId, timestamp and library name take well under 1 KiB.
+// Ingest encodes a message to check Segment's limit only when this bound is
+// over it.
+func (m *Mapping) messageSizeBound(rawLen int) int {
+	longest := 0
+	for _, o := range m.Overrides {
+		longest = max(longest, len(o.Event))
+	}
+	return 6*(2*rawLen+longest+len(m.LibraryVersion)) + 1024
+}
+
 // DefaultMapping returns the mapping with no overrides: every event becomes a
 // track call named after the default table, or after its type when unknown.
 func DefaultMapping(libraryVersion string) *Mapping {
@@ -318,7 +334,7 @@ func eventGroupID(ev Event) (string, error) {
 // given (Enqueue fills them only when empty, and Map always sets them). Its
 // length is what Segment's 32,000-byte message limit applies to. A
 // SegmentMessage is its Body as it would leave now (the raw sender sends it,
-// and MaxSegmentMessageBytes applies to it).
+// and ingest held the caller's message to MaxSegmentMessageBytes).
 func MarshalMessage(msg analytics.Message) ([]byte, error) {
 	switch m := msg.(type) {
 	case *SegmentMessage:

@@ -139,10 +139,13 @@ func (s *rawSender) Enqueue(msg analytics.Message) error {
 	return nil
 }
 
-// segmentMessageTooBig reports whether m is over Segment's limit on one
-// message, which Segment would refuse.
+// segmentMessageTooBig reports whether m cannot be sent at all: it does not
+// fit in a batch request by itself. (Ingest holds what callers send to
+// Segment's 32 KB; whether Segment takes a message grown by the relay's
+// additions is Segment's to say, and a refusal dead-letters it with
+// Segment's answer.)
 func segmentMessageTooBig(m *SegmentMessage) bool {
-	return len(m.Raw) > MaxSegmentMessageBytes
+	return len(m.Raw) > maxStoredSegmentMessage
 }
 
 // takeLocked takes the pending batch (s.mu held) and counts it as in

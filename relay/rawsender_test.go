@@ -721,11 +721,11 @@ func TestRawSender_Close(t *testing.T) {
 func TestRawSender_Refusals(t *testing.T) {
 	t.Parallel()
 	r := newRawRig(t, rawRigConfig{flush: time.Hour})
-	big := rawPadded(t, "too-big", MaxSegmentMessageBytes+1)
+	big := rawPadded(t, "too-big", maxStoredSegmentMessage+1)
 	if err := r.s.Enqueue(big); err != nil {
 		t.Errorf("Enqueue of an oversize message: %v, want nil and a Failure", err)
 	}
-	atLimit := rawPadded(t, "at-limit", MaxSegmentMessageBytes)
+	atLimit := rawPadded(t, "at-limit", maxStoredSegmentMessage)
 	r.enqueue(t, atLimit)
 	for _, bad := range []*SegmentMessage{
 		{ID: "no-raw", Type: "track"},

@@ -167,6 +167,15 @@ func segmentEntry(raw json.RawMessage, call string, env envelope, idemKey string
 	if err != nil {
 		return spool.Entry{}, err
 	}
+	// Segment's 32 KB applies to the message as the caller sent it, before
+	// anything below adds to it.
+	var compact bytes.Buffer
+	if err := json.Compact(&compact, raw); err != nil {
+		return spool.Entry{}, err
+	}
+	if compact.Len() > MaxSegmentMessageBytes {
+		return spool.Entry{}, fmt.Errorf("message is %d bytes; Segment takes at most %d (32 KB) a message", compact.Len(), MaxSegmentMessageBytes)
+	}
 	typ := call
 	if v, ok := msg.get("type"); ok {
 		var t string
@@ -253,8 +262,8 @@ func segmentEntry(raw json.RawMessage, call string, env envelope, idemKey string
 		msg.set("timestamp", ts)
 	}
 	stored := msg.encode()
-	if len(stored) > MaxSegmentMessageBytes {
-		return spool.Entry{}, fmt.Errorf("message is %d bytes; Segment takes at most %d (32 KB) a message", len(stored), MaxSegmentMessageBytes)
+	if len(stored) > maxStoredSegmentMessage {
+		return spool.Entry{}, fmt.Errorf("with the batch's context and integrations merged in, the message would be %d bytes, more than one upload to Segment can carry (%d): send a smaller batch context", len(stored), maxStoredSegmentMessage)
 	}
 	return spool.Entry{Kind: spool.KindSegment, Key: key, MessageID: msgID, ReceivedAt: now, Event: stored}, nil
 }

@@ -91,7 +91,7 @@ func TestSegmentAPI_Rules(t *testing.T) {
 		{"timestamp a number", "track", `{"event":"e","userId":"u","timestamp":1717999999}`, "timestamp: must be an ISO-8601 date-time string (got number)"},
 		{"empty messageId", "track", `{"event":"e","userId":"u","messageId":""}`, "messageId: must be a non-empty string"},
 		{"message over 32 KB", "track", `{"event":"e","userId":"u","properties":{"x":"` + big + `"}}`,
-			fmt.Sprintf("message is %d bytes; Segment takes at most 32768 (32 KB) a message", len(`{"event":"e","userId":"u","properties":{"x":"`+big+`"},"type":"track","messageId":"gwenrelay-`)+64+len(`","timestamp":"2024-06-10T12:00:00.000Z"}`))},
+			fmt.Sprintf("message is %d bytes; Segment takes at most 32768 (32 KB) a message", len(`{"event":"e","userId":"u","properties":{"x":"`+big+`"}}`))},
 		{"batch missing", "batch", `{"messages":[]}`, `"batch" must be an array of messages`},
 		{"batch empty", "batch", `{"batch":[]}`, `"batch" is empty: send at least one message`},
 		{"batch over 2,500", "batch", `{"batch":[` + strings.Join(many, ",") + `]}`, "2501 messages in one batch; Segment takes at most 2500 and would drop the rest without saying so"},
@@ -111,6 +111,28 @@ func TestSegmentAPI_Rules(t *testing.T) {
 		})
 	}
 
+	t.Run("a batch context too big to forward", func(t *testing.T) {
+		ctx := `{"pad":"` + strings.Repeat("c", maxStoredSegmentMessage) + `"}`
+		body := `{"batch":[` + segmentTrack("m1") + `],"context":` + ctx + `}`
+		before := spoolStats(t, e.sp)
+		r := e.postSegment(t, "batch", []byte(body), nil)
+		if r.status != http.StatusBadRequest || !strings.Contains(string(r.body), "with the batch's context and integrations merged in, the message would be") {
+			t.Errorf("status %d %.200s", r.status, r.body)
+		}
+		wantNothingStored(t, e.sp, before)
+	})
+	t.Run("the 32 KB are the caller's, not what the relay adds", func(t *testing.T) {
+		// Just under the limit as sent; sentAt, type, timestamp and the
+		// batch's context make the stored message bigger.
+		msg := `{"type":"track","event":"e","userId":"u","messageId":"near-limit","properties":{"x":"PAD"}}`
+		msg = strings.Replace(msg, "PAD", strings.Repeat("p", MaxSegmentMessageBytes-len(msg)+3), 1)
+		body := `{"batch":[` + msg + `],"context":{"library":{"name":"analytics-go","version":"3.3.0"}},"sentAt":"2024-06-10T11:59:30.000Z"}`
+		wantSegmentOK(t, e.postSegment(t, "batch", []byte(body), nil), 1, 0)
+		recs := pendingRecords(t, e.sp)
+		if n := len(recs[len(recs)-1].Event); n <= MaxSegmentMessageBytes {
+			t.Errorf("stored message is %d bytes; the test wants one grown past the limit", n)
+		}
+	})
 	t.Run("the same messages are taken once fixed", func(t *testing.T) {
 		wantSegmentOK(t, e.postSegment(t, "batch", segmentBatch(segmentTrack("m1"), `{"type":"identify","userId":"u","traits":{}}`, segmentTrack("m3")), nil), 3, 0)
 	})

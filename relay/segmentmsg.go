@@ -28,8 +28,15 @@ type SegmentMessage struct {
 }
 
 // MaxSegmentMessageBytes is Segment's limit on one message of its API
-// (32 KB); the raw sender refuses a bigger one the way analytics-go does.
+// (32 KB), as the caller sends it: ingest refuses a bigger one.
 const MaxSegmentMessageBytes = 32 << 10
+
+// maxStoredSegmentMessage is the most a stored message may hold: one that
+// fits alone in a /v1/batch request. It is above MaxSegmentMessageBytes
+// because the relay adds to what the caller sent (a batch's context and
+// integrations, sentAt, type, messageId, timestamp), as Segment itself does
+// on its side; whether Segment takes the result is Segment's to say.
+const maxStoredSegmentMessage = maxBatchBodyBytes - batchEnvelopeBytes - bodyGrowth
 
 // Validate implements analytics.Message: the checks ingest made, repeated
 // for a record that reached the drainer another way (spool import).
