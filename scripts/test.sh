@@ -24,4 +24,18 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 	export GWENRELAY_PACKAGING_STRICT=1
 fi
 
+# The Segment-library tests (e2e_segmentapi_test.go) run @segment/analytics-node,
+# which they install with npm ci from testdata/segmentapi: they need node and npm
+# and fail without them. Install them where they are missing.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+		apt-get update -q
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nodejs npm
+	else
+		echo "node and npm are needed by the Segment-library tests: install Node.js 20 or later" >&2
+		exit 1
+	fi
+fi
+echo "node $(node --version), npm $(npm --version)"
+
 go test -race -count=1 -timeout 15m ./...
