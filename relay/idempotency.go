@@ -5,8 +5,10 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"slices"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gwenrelay/gwenrelay/spool"
 )
@@ -14,8 +16,25 @@ import (
 // canonicalJSON re-encodes one JSON value with object keys sorted and no
 // insignificant whitespace, keeping every number's literal text. Two bodies
 // that differ only in key order or spacing give the same bytes, and so the
-// same dedup key.
+// same dedup key. raw must be valid JSON (the ingest path checks the body
+// first); only its first value is read.
+//
+// The bytes are those of decoding into interface values (with UseNumber)
+// and encoding back without HTML escaping — the stored events and the dedup
+// keys of earlier versions depend on them. appendCanonical produces them
+// directly from the raw text, without building the values, for the common
+// case; a string that encoding/json would spell differently (one with an
+// escape, a control character, U+2028/U+2029 or invalid UTF-8) falls back
+// to the round trip.
 func canonicalJSON(raw []byte) ([]byte, error) {
+	if out, ok := appendCanonical(make([]byte, 0, len(raw)), raw, skipSpace(raw, 0)); ok {
+		return out, nil
+	}
+	return canonicalJSONRoundTrip(raw)
+}
+
+// canonicalJSONRoundTrip is canonicalJSON by decoding and encoding.
+func canonicalJSONRoundTrip(raw []byte) ([]byte, error) {
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.UseNumber()
 	var v any
@@ -29,6 +48,119 @@ func canonicalJSON(raw []byte) ([]byte, error) {
 		return nil, err
 	}
 	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
+}
+
+// appendCanonical appends the canonical form of the value at raw[i:] to dst.
+// ok is false when the value needs canonicalJSONRoundTrip (see canonicalJSON)
+// or is not valid JSON.
+func appendCanonical(dst, raw []byte, i int) (out []byte, ok bool) {
+	if i >= len(raw) {
+		return dst, false
+	}
+	switch raw[i] {
+	case '{':
+		type kv struct {
+			key        []byte // quoted, as in raw
+			start, end int    // the value
+		}
+		var members []kv
+		j := skipSpace(raw, i+1)
+		if j < len(raw) && raw[j] == '}' {
+			return append(dst, "{}"...), true
+		}
+		for {
+			if j >= len(raw) || raw[j] != '"' {
+				return dst, false
+			}
+			kStart, kEnd := j, stringEnd(raw, j)
+			if kEnd < 0 || !plainString(raw[kStart:kEnd]) {
+				return dst, false
+			}
+			j = skipSpace(raw, kEnd)
+			if j >= len(raw) || raw[j] != ':' {
+				return dst, false
+			}
+			vStart := skipSpace(raw, j+1)
+			vEnd := valueEnd(raw, vStart)
+			if vEnd < 0 {
+				return dst, false
+			}
+			members = append(members, kv{raw[kStart:kEnd], vStart, vEnd})
+			j = skipSpace(raw, vEnd)
+			if j < len(raw) && raw[j] == '}' {
+				break
+			}
+			if j >= len(raw) || raw[j] != ',' {
+				return dst, false
+			}
+			j = skipSpace(raw, j+1)
+		}
+		// Sorted by key as encoding/json sorts a map's; of a key given
+		// twice, the last value counts (the map keeps the last).
+		slices.SortStableFunc(members, func(a, b kv) int { return bytes.Compare(a.key[1:len(a.key)-1], b.key[1:len(b.key)-1]) })
+		dst = append(dst, '{')
+		first := true
+		for n, m := range members {
+			if n+1 < len(members) && bytes.Equal(members[n+1].key, m.key) {
+				continue
+			}
+			if !first {
+				dst = append(dst, ',')
+			}
+			first = false
+			dst = append(dst, m.key...)
+			dst = append(dst, ':')
+			if dst, ok = appendCanonical(dst, raw, m.start); !ok {
+				return dst, false
+			}
+		}
+		return append(dst, '}'), true
+	case '[':
+		dst = append(dst, '[')
+		j := skipSpace(raw, i+1)
+		if j < len(raw) && raw[j] == ']' {
+			return append(dst, ']'), true
+		}
+		for {
+			if dst, ok = appendCanonical(dst, raw, j); !ok {
+				return dst, false
+			}
+			j = skipSpace(raw, valueEnd(raw, j))
+			if j < len(raw) && raw[j] == ']' {
+				return append(dst, ']'), true
+			}
+			if j >= len(raw) || raw[j] != ',' {
+				return dst, false
+			}
+			dst = append(dst, ',')
+			j = skipSpace(raw, j+1)
+		}
+	case '"':
+		end := stringEnd(raw, i)
+		if end < 0 || !plainString(raw[i:end]) {
+			return dst, false
+		}
+		return append(dst, raw[i:end]...), true
+	}
+	// A number or a literal: its text as it is.
+	end := valueEnd(raw, i)
+	if end <= i {
+		return dst, false
+	}
+	return append(dst, raw[i:end]...), true
+}
+
+// plainString reports whether the quoted JSON string q is spelled exactly as
+// encoding/json would write its value (without HTML escaping): no escape, no
+// control character, valid UTF-8 without U+2028 or U+2029.
+func plainString(q []byte) bool {
+	inner := q[1 : len(q)-1]
+	for _, c := range inner {
+		if c == '\\' || c < 0x20 {
+			return false
+		}
+	}
+	return utf8.Valid(inner) && !bytes.Contains(inner, []byte("\u2028")) && !bytes.Contains(inner, []byte("\u2029"))
 }
 
 // dedupKey is what the spool remembers an event by. An Idempotency-Key

@@ -449,12 +449,16 @@ func (h *Ingest) parse(body []byte, idemKey string, now time.Time) ([]spool.Entr
 		if err != nil {
 			return nil, errorf(http.StatusBadRequest, "%s", joinPath(where, err))
 		}
-		enc, err := MarshalMessage(msg)
-		if err != nil {
-			return nil, errorf(http.StatusBadRequest, "%s", joinPath(where, err))
-		}
-		if len(enc) > MaxMessageBytes {
-			return nil, errorf(http.StatusRequestEntityTooLarge, "%s", joinPath(where, fmt.Errorf("the Segment message would be %d bytes; Segment accepts at most %d", len(enc), MaxMessageBytes)))
+		if mapping.messageSizeBound(len(raw)) > MaxMessageBytes {
+			// Big enough that the message might be over Segment's limit:
+			// encode it to know.
+			enc, err := MarshalMessage(msg)
+			if err != nil {
+				return nil, errorf(http.StatusBadRequest, "%s", joinPath(where, err))
+			}
+			if len(enc) > MaxMessageBytes {
+				return nil, errorf(http.StatusRequestEntityTooLarge, "%s", joinPath(where, fmt.Errorf("the Segment message would be %d bytes; Segment accepts at most %d", len(enc), MaxMessageBytes)))
+			}
 		}
 		h.noteType(ev.Type)
 		if types != nil {

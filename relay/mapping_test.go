@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -493,3 +494,35 @@ func TestMapping_MarshalMessage(t *testing.T) {
 type fakeMessage struct{}
 
 func (fakeMessage) Validate() error { return nil }
+
+// TestMapping_MessageSizeBound: the bound ingest uses to skip encoding a
+// message is never below the real size, for every call and for events full
+// of characters encoding/json escapes.
+func TestMapping_MessageSizeBound(t *testing.T) {
+	m, err := ParseMappingConfig([]byte("mapping:\n  wallet: {call: identify}\n  mission: {call: group}\n  progression: {call: page}\n  achievement: {event: \""+strings.Repeat("<", 300)+"\"}\n"), "1.2.3-<dev>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2024, 6, 10, 12, 0, 0, 0, time.UTC)
+	nasty := strings.Repeat("<>&\u2028", 50)
+	for _, typ := range []string{"achievement", "wallet", "mission", "progression", "shop_item", nasty} {
+		for _, pad := range []string{"", nasty, strings.Repeat("x", 3000)} {
+			raw := fmt.Appendf(nil, `{"type":%q,"userId":%q,"segmentId":%q,"productId":7,"state":{"k":%q},"updates":[%q],"extra":%q}`, typ, "u"+pad, "s"+pad, pad, pad, pad)
+			ev, err := ParseEvent(raw, now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			msg, err := m.Map(ev, now, messageIDFor([]byte("k")))
+			if err != nil {
+				t.Fatal(err)
+			}
+			enc, err := MarshalMessage(msg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if b := m.messageSizeBound(len(raw)); b < len(enc) {
+				t.Errorf("type %.20q, %d-byte event: bound %d under the message's %d bytes", typ, len(raw), b, len(enc))
+			}
+		}
+	}
+}
