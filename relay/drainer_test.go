@@ -530,7 +530,7 @@ func TestDrainer(t *testing.T) {
 
 		// While Segment is down, the failures are recorded on the records.
 		var failing spool.Record
-		waitFor(t, 15*time.Second, "a pending record with a failed attempt recorded", func() bool {
+		waitFor(t, 30*time.Second, "a pending record with a failed attempt recorded", func() bool {
 			for _, r := range pendingRecords(t, sp) {
 				if r.Attempts > 0 {
 					failing = r

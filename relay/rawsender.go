@@ -21,12 +21,13 @@ const (
 	// does.
 	rawAttempts = 10
 	// rawMaxUploads bounds the raw sender's batches in progress (on the
-	// wire, held by the limiter or waiting to retry); Enqueue waits for a
-	// free one. The drainer bounds its records in flight anyway.
+	// wire, held by the limiter or waiting to retry); more wait for a free
+	// one (see dispatch).
 	rawMaxUploads = 32
-	// bodyGrowth is the most Body can add to a message: it rewrites a
-	// caller's sentAt (at least "2006-01-02T1:04:05", 20 bytes quoted) as
-	// "2006-01-02T15:04:05.000Z" (26 bytes quoted).
+	// bodyGrowth bounds what Body can add to a message: it rewrites a
+	// caller's sentAt (the shortest parseISOTime takes, "2006-01-02T1:04:05",
+	// is 20 bytes quoted) as "2006-01-02T15:04:05.000Z" (26 bytes quoted);
+	// 8 leaves a margin.
 	bodyGrowth = 8
 	// batchEnvelopeBytes is the most a batch body holds besides its
 	// messages and the commas between them: {"sentAt":"…","batch":[…]}
@@ -176,20 +177,24 @@ func (s *rawSender) flushTimed(gen uint64) {
 	s.dispatch(b)
 }
 
-// dispatch starts the upload of a batch counted by takeLocked, once there
-// is room.
+// dispatch starts the upload of a batch counted by takeLocked. It never
+// waits: the batch waits for a free upload slot on its own goroutine, so
+// that Enqueue (the drainer's loop) is not held while the limiter holds
+// every upload through a long Retry-After pause (the loop must keep going
+// round, or the service watchdog takes it for stuck). The drainer's bound on
+// records in flight bounds the batches waiting.
 func (s *rawSender) dispatch(b []*SegmentMessage) {
 	if len(b) == 0 {
 		return
 	}
-	s.slots <- struct{}{}
 	go s.send(b)
 }
 
-// send delivers one batch, retrying transient failures, and reports every
-// message of it to the callback.
+// send waits for an upload slot, delivers one batch, retrying transient
+// failures, and reports every message of it to the callback.
 func (s *rawSender) send(b []*SegmentMessage) {
 	defer s.wg.Done()
+	s.slots <- struct{}{}
 	defer func() { <-s.slots }()
 	build := func(now time.Time) []byte { return segmentBatchBody(b, now) }
 	// This body is what the limiter counts; each attempt is sent with one

@@ -961,3 +961,43 @@ func TestPrepareBody(t *testing.T) {
 		t.Errorf("with a builder: %q built at %v", built, at)
 	}
 }
+
+// TestRawSender_EnqueueDuringPause: while a Retry-After pause holds every
+// upload, Enqueue still returns at once however many batches are waiting
+// (the drainer's loop must keep going round or the watchdog takes it for
+// stuck); the batches go out when the pause ends, also those still waiting
+// for an upload slot when Close is called.
+func TestRawSender_EnqueueDuringPause(t *testing.T) {
+	t.Parallel()
+	r := newRawRig(t, rawRigConfig{isolation: true})
+	r.lim.Pause(time.Second)
+	n := 3 * rawMaxUploads
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range n {
+			_ = r.s.Enqueue(rawMessage(fmt.Sprintf("paused-%d", i), "", time.Now()))
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(500 * time.Millisecond): // well inside the pause
+		t.Fatalf("Enqueue of %d one-message batches blocked during the pause", n)
+	}
+	if !r.fake.WaitDelivered(n, 10*time.Second) {
+		t.Fatalf("%d of %d delivered after the pause", len(r.fake.Delivered()), n)
+	}
+
+	// Closing while batches wait for a slot: Close sends them all.
+	r2 := newRawRig(t, rawRigConfig{isolation: true})
+	r2.lim.Pause(500 * time.Millisecond)
+	for i := range n {
+		r2.enqueue(t, rawMessage(fmt.Sprintf("closing-%d", i), "", time.Now()))
+	}
+	if err := r2.s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if ok, failed := r2.cb.counts(); ok != n || failed != 0 {
+		t.Errorf("after Close: %d delivered, %d failed of %d; want all delivered", ok, failed, n)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -23,6 +24,8 @@ const (
 	// MaxSegmentBatch is the most messages one /v1/batch may carry; Segment
 	// drops the rest without a word.
 	MaxSegmentBatch = 2500
+	// maxMessageIDLen is the longest messageId Segment takes.
+	maxMessageIDLen = 100
 )
 
 // SegmentCalls are the paths under /v1/ that Segment's API serves.
@@ -35,11 +38,17 @@ var SegmentCalls = []string{"track", "identify", "page", "screen", "group", "ali
 // rules as /webhook, and forwarded as it came (see segmentEntry).
 func (h *Ingest) SegmentAPI(call string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h.serve(w, r, segmentEndpoint{call: call})
+		h.serve(w, r, segmentEndpoint{call: call, maxStored: h.maxBody})
 	})
 }
 
-type segmentEndpoint struct{ call string }
+type segmentEndpoint struct {
+	call string
+	// maxStored caps what one request may store (--max-body): a batch's
+	// context is copied into each of its messages, so 500 KB could
+	// otherwise become a hundred times that in the spool and in memory.
+	maxStored int64
+}
 
 func (segmentEndpoint) route() string    { return routeSegment }
 func (segmentEndpoint) segmentAPI() bool { return true }
@@ -115,12 +124,16 @@ func (e segmentEndpoint) parse(r *http.Request, body []byte, auth *Auth, authed 
 	}
 	idemKey := r.Header.Get("Idempotency-Key")
 	entries := make([]spool.Entry, len(msgs))
+	var stored int64
 	for i, raw := range msgs {
 		entry, err := segmentEntry(raw, e.call, env, idemKey, i, now)
 		if err != nil {
 			return nil, errorf(http.StatusBadRequest, "%s", joinPath(where(i), err))
 		}
 		entries[i] = entry
+		if stored += int64(len(entry.Event)); stored > e.maxStored {
+			return nil, errorf(http.StatusRequestEntityTooLarge, "with the batch's context and integrations copied into each of its %d messages, it would store over %d bytes (--max-body): send smaller batches or a smaller batch context", len(msgs), e.maxStored)
+		}
 	}
 	return entries, nil
 }
@@ -174,7 +187,7 @@ func segmentEntry(raw json.RawMessage, call string, env envelope, idemKey string
 		return spool.Entry{}, err
 	}
 	if compact.Len() > MaxSegmentMessageBytes {
-		return spool.Entry{}, fmt.Errorf("message is %d bytes; Segment takes at most %d (32 KB) a message", compact.Len(), MaxSegmentMessageBytes)
+		return spool.Entry{}, fmt.Errorf("message is %d bytes; Segment takes at most %d (32 KB) a message: trim its properties, traits or context", compact.Len(), MaxSegmentMessageBytes)
 	}
 	typ := call
 	if v, ok := msg.get("type"); ok {
@@ -228,10 +241,18 @@ func segmentEntry(raw json.RawMessage, call string, env envelope, idemKey string
 		if json.Unmarshal(v, &msgID) != nil || msgID == "" {
 			return spool.Entry{}, &FieldError{Field: "messageId", Msg: "must be a non-empty string"}
 		}
+		if len(msgID) > maxMessageIDLen {
+			return spool.Entry{}, &FieldError{Field: "messageId", Msg: fmt.Sprintf("is %d characters; Segment takes at most %d", len(msgID), maxMessageIDLen)}
+		}
 	} else {
-		// Derived from what the caller sent, less what a retry changes.
+		// Derived from what the caller sent, less what a retry changes
+		// (sentAt), and from the message's place in its request, so that
+		// two equal messages of one request stay two. Its own namespace:
+		// an Idempotency-Key also used on /webhook names other events.
+		h := sha256.New()
+		h.Write([]byte("segment-message\x00"))
 		if idemKey != "" {
-			key = dedupKey(idemKey, index, nil)
+			h.Write(dedupKey(idemKey, index, nil))
 		} else {
 			probe := msg.clone()
 			probe.del("sentAt")
@@ -240,11 +261,10 @@ func segmentEntry(raw json.RawMessage, call string, env envelope, idemKey string
 			if err != nil {
 				return spool.Entry{}, err
 			}
-			h := sha256.New()
-			h.Write([]byte("segment-message\x00"))
 			h.Write(canon)
-			key = h.Sum(nil)
+			h.Write([]byte("\x00" + strconv.Itoa(index)))
 		}
+		key = h.Sum(nil)
 		msgID = messageIDFor(key)
 		msg.set("messageId", jsonString(msgID))
 	}

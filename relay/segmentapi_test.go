@@ -90,8 +90,9 @@ func TestSegmentAPI_Rules(t *testing.T) {
 		{"timestamp not a date", "track", `{"event":"e","userId":"u","timestamp":"yesterday"}`, `timestamp: "yesterday" is not an ISO-8601 date-time (like 2026-12-04T10:00:00.000Z)`},
 		{"timestamp a number", "track", `{"event":"e","userId":"u","timestamp":1717999999}`, "timestamp: must be an ISO-8601 date-time string (got number)"},
 		{"empty messageId", "track", `{"event":"e","userId":"u","messageId":""}`, "messageId: must be a non-empty string"},
+		{"messageId over 100", "track", `{"event":"e","userId":"u","messageId":"` + strings.Repeat("m", 101) + `"}`, "messageId: is 101 characters; Segment takes at most 100"},
 		{"message over 32 KB", "track", `{"event":"e","userId":"u","properties":{"x":"` + big + `"}}`,
-			fmt.Sprintf("message is %d bytes; Segment takes at most 32768 (32 KB) a message", len(`{"event":"e","userId":"u","properties":{"x":"`+big+`"}}`))},
+			fmt.Sprintf("message is %d bytes; Segment takes at most 32768 (32 KB) a message: trim its properties, traits or context", len(`{"event":"e","userId":"u","properties":{"x":"`+big+`"}}`))},
 		{"batch missing", "batch", `{"messages":[]}`, `"batch" must be an array of messages`},
 		{"batch empty", "batch", `{"batch":[]}`, `"batch" is empty: send at least one message`},
 		{"batch over 2,500", "batch", `{"batch":[` + strings.Join(many, ",") + `]}`, "2501 messages in one batch; Segment takes at most 2500 and would drop the rest without saying so"},
@@ -293,8 +294,36 @@ func TestSegmentAPI_Dedup(t *testing.T) {
 	if st := spoolStats(t, e.sp); st.Pending != 5 {
 		t.Errorf("%d pending, want 5", st.Pending)
 	}
-	// A GWEN event and a Segment message never collide in the dedup index.
+	// A GWEN event and a Segment message never collide, in the dedup index
+	// nor in the messageId Segment dedups on.
 	wantAccepted(t, e.post(t, ingestEvent(1), map[string]string{"Idempotency-Key": "k-1"}), http.StatusAccepted, 1, 0)
+	seen := map[string]bool{}
+	for _, r := range pendingRecords(t, e.sp) {
+		if seen[r.MessageID] {
+			t.Errorf("two records carry messageId %s", r.MessageID)
+		}
+		seen[r.MessageID] = true
+	}
+	// Two equal messages without a messageId in one request are two.
+	twin := `{"type":"track","event":"Tap","userId":"u-twin"}`
+	wantSegmentOK(t, e.postSegment(t, "batch", []byte(`{"batch":[`+twin+`,`+twin+`]}`), nil), 2, 0)
+	// ... and the same request again is its retry.
+	wantSegmentOK(t, e.postSegment(t, "batch", []byte(`{"batch":[`+twin+`,`+twin+`]}`), nil), 0, 2)
+}
+
+func TestSegmentAPI_StoredCap(t *testing.T) {
+	e := newIngestEnv(t, ingestEnvConfig{maxBody: 64 << 10})
+	ctx := `{"pad":"` + strings.Repeat("c", 1000) + `"}`
+	msgs := make([]string, 100)
+	for i := range msgs {
+		msgs[i] = fmt.Sprintf(`{"type":"track","event":"e","userId":"u","messageId":"cap-%d"}`, i)
+	}
+	body := []byte(`{"batch":[` + strings.Join(msgs, ",") + `],"context":` + ctx + `}`)
+	before := spoolStats(t, e.sp)
+	wantError(t, e.postSegment(t, "batch", body, nil), http.StatusRequestEntityTooLarge,
+		"with the batch's context and integrations copied into each of its 100 messages, it would store over 65536 bytes (--max-body): send smaller batches or a smaller batch context")
+	wantNothingStored(t, e.sp, before)
+	wantSegmentOK(t, e.postSegment(t, "batch", []byte(`{"batch":[`+strings.Join(msgs[:40], ",")+`],"context":`+ctx+`}`), nil), 40, 0)
 }
 
 func TestSegmentAPI_Gzip(t *testing.T) {

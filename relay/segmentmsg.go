@@ -89,7 +89,7 @@ var segmentCallTypes = map[string]bool{
 
 // parseISOTime reads the ISO-8601 date-times Segment's libraries write:
 // RFC 3339 with or without fractional seconds, a numeric offset with or
-// without its colon.
+// without its colon, or no zone at all (taken as UTC, as Segment does).
 func parseISOTime(s string) (time.Time, error) {
 	for _, layout := range []string{time.RFC3339Nano, "2006-01-02T15:04:05.999999999Z0700", "2006-01-02T15:04:05.999999999"} {
 		if t, err := time.Parse(layout, s); err == nil {
