@@ -204,9 +204,26 @@ func (in *Inspector) Stats(ctx context.Context) (StatsView, error) {
 // eventSummary is what List reads from an event for display and filtering:
 // GWEN's type and userId, or a Segment call's type and userId/anonymousId.
 type eventSummary struct {
-	Type        string `json:"type"`
-	UserID      string `json:"userId"`
-	AnonymousID string `json:"anonymousId"`
+	Type        string     `json:"type"`
+	UserID      idOrNumber `json:"userId"`
+	AnonymousID idOrNumber `json:"anonymousId"`
+}
+
+// idOrNumber reads an id that is a string or (in a Segment message, which
+// may carry one) a number, as its text.
+type idOrNumber string
+
+func (v *idOrNumber) UnmarshalJSON(b []byte) error {
+	var s string
+	if json.Unmarshal(b, &s) == nil {
+		*v = idOrNumber(s)
+		return nil
+	}
+	var n json.Number
+	if json.Unmarshal(b, &n) == nil {
+		*v = idOrNumber(n)
+	}
+	return nil
 }
 
 // NewRecordView describes r, which is in the dead bucket when dead.
@@ -236,9 +253,9 @@ func NewRecordView(r spool.Record, dead bool) RecordView {
 	var s eventSummary
 	if json.Unmarshal(r.Event, &s) == nil {
 		// Unmarshal checked the whole event is valid JSON.
-		v.Type, v.UserID = s.Type, s.UserID
+		v.Type, v.UserID = s.Type, string(s.UserID)
 		if v.UserID == "" {
-			v.UserID = s.AnonymousID
+			v.UserID = string(s.AnonymousID)
 		}
 	} else if !json.Valid(v.Event) {
 		// Never write an export line that cannot be read back.

@@ -65,8 +65,9 @@ type IngestConfig struct {
 	Observer IngestObserver
 }
 
-// Ingest serves POST /webhook: authenticate, bound, validate, map, spool,
-// and answer 2xx only after the spool's commit is on disk.
+// Ingest serves POST /webhook, and Segment's API through SegmentAPI:
+// authenticate, bound, validate, map, spool, and answer 2xx only after the
+// spool's commit is on disk.
 type Ingest struct {
 	store     Store
 	auth      atomic.Pointer[Auth]

@@ -383,3 +383,19 @@ func TestTopLevelField(t *testing.T) {
 		t.Error("found a key in an array")
 	}
 }
+
+// TestSegmentAPI_NumericIDsListed: Segment takes a number as userId; the
+// spool listing shows it like a string one.
+func TestSegmentAPI_NumericIDsListed(t *testing.T) {
+	e := newIngestEnv(t, ingestEnvConfig{})
+	wantSegmentOK(t, e.postSegment(t, "identify", []byte(`{"userId":12345,"messageId":"num-1"}`), nil), 1, 0)
+	wantSegmentOK(t, e.postSegment(t, "track", []byte(`{"anonymousId":7.5,"event":"e","messageId":"num-2"}`), nil), 1, 0)
+	var got []string
+	for _, r := range pendingRecords(t, e.sp) {
+		v := NewRecordView(r, false)
+		got = append(got, v.Type+" "+v.UserID)
+	}
+	if !slices.Equal(got, []string{"identify 12345", "track 7.5"}) {
+		t.Errorf("listed as %q", got)
+	}
+}
