@@ -179,6 +179,12 @@ type runSpec struct {
 	Run      int    // 1-based run number
 	Nonce    uint32 // makes this run's userIds unique
 	Dedup    time.Duration
+	// Rate, if above 0, makes the run open loop (sweep.go): requests are
+	// scheduled at Rate per second and Clients is the number of connections
+	// the generator may use; Grace is how long queued requests may still be
+	// sent after the window.
+	Rate  float64
+	Grace time.Duration
 }
 
 // runResult is what one run measured. Rates and latencies cover the window
@@ -188,21 +194,24 @@ type runResult struct {
 	Requests    int // completed with 202 inside the window
 	EvPerSec    float64
 	P50, P99    time.Duration
-	Acked       int64 // 202s over the whole run, warm-up included
+	P999        time.Duration // 99.9th percentile
+	Acked       int64         // 202s over the whole run, warm-up included
 	Dials       int64
 	ServerCPU   time.Duration // in the window
 	ClientCPU   time.Duration // this process, in the window
 	StartupWait time.Duration // exec to LISTEN (the spool open, for a backlog)
 	Server      serverStats
-	MaxRSSKiB   int64 // server, from rusage at exit
-	PeakAnonKiB int64 // server, sampled from /proc
-	PeakFileKiB int64
+	MaxRSSKiB   int64         // server, from rusage at exit
+	PeakAnonKiB int64         // server, sampled from /proc (RssAnon)
+	PeakFileKiB int64         // RssFile
+	PeakRSSKiB  int64         // VmRSS, what ps shows as RSS
 	OthersCPU   time.Duration // CPU used by every other process in the window
 	Steal       time.Duration // CPU time the hypervisor took in the window
 	ProbeP50    time.Duration // fsync probe just before the run
 	ProbeMax    time.Duration
-	Attempt     int  // 1 unless the run was repeated because of noise
-	Noisy       bool // still over --max-others after the last repeat
+	Attempt     int        // 1 unless the run was repeated because of noise
+	Noisy       bool       // still over --max-others after the last repeat
+	Open        *openStats // open-loop runs only
 }
 
 // othersCores is the average number of cores other processes kept busy
@@ -265,7 +274,11 @@ func runOnce(exe string, spec runSpec, body eventBody, probeDir string) (runResu
 		return res, err
 	}
 	res.StartupWait = time.Since(started)
-	out := driveLoad(srv.cmd.Process.Pid, addr, spec, body, func() { _ = srv.cmd.Process.Signal(syscall.SIGUSR1) }, &res)
+	drive := driveLoad
+	if spec.Rate > 0 {
+		drive = driveOpenLoad
+	}
+	out := drive(srv.cmd.Process.Pid, addr, spec, body, func() { _ = srv.cmd.Process.Signal(syscall.SIGUSR1) }, &res)
 
 	ru, stopErr := srv.stop(2 * time.Minute)
 	if ru != nil {
@@ -316,18 +329,7 @@ type loadOutcome struct {
 // latencies, CPU (server, this process, everything else), peak memory.
 func driveLoad(pid int, addr string, spec runSpec, body eventBody, mark func(), res *runResult) loadOutcome {
 	var dials atomic.Int64
-	dialer := &net.Dialer{Timeout: 5 * time.Second}
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, network, a string) (net.Conn, error) {
-			dials.Add(1)
-			return dialer.DialContext(ctx, network, a)
-		},
-		MaxIdleConns:        spec.Clients,
-		MaxIdleConnsPerHost: spec.Clients,
-		MaxConnsPerHost:     spec.Clients,
-		IdleConnTimeout:     time.Minute,
-		DisableCompression:  true,
-	}
+	tr := newTransport(spec.Clients, &dials)
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr, Timeout: 60 * time.Second}
 	url := "http://" + addr + "/webhook"
@@ -335,45 +337,7 @@ func driveLoad(pid int, addr string, spec runSpec, body eventBody, mark func(), 
 	start := time.Now()
 	t0 := start.Add(spec.Warmup)
 	t1 := t0.Add(spec.Duration)
-
-	// Mark the window in the server (commit stats, CPU profile) and take CPU
-	// readings at its edges; sample memory throughout.
-	var cpu0, cpu1, self0, self1, all0, all1, steal0, steal1 time.Duration
-	var cpuErr error
-	marks := make(chan struct{})
-	go func() {
-		defer close(marks)
-		time.Sleep(time.Until(t0))
-		mark()
-		var e0, e1, e2, e3 error
-		cpu0, e0 = procCPU(pid)
-		self0 = selfCPU()
-		all0, steal0, e2 = machineCPU()
-		time.Sleep(time.Until(t1))
-		cpu1, e1 = procCPU(pid)
-		self1 = selfCPU()
-		all1, steal1, e3 = machineCPU()
-		mark()
-		cpuErr = errors.Join(e0, e1, e2, e3)
-	}()
-	memDone := make(chan struct{})
-	memStopped := make(chan struct{})
-	go func() {
-		defer close(memStopped)
-		tick := time.NewTicker(250 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			if m, err := readProcMem(pid); err == nil {
-				res.PeakAnonKiB = max(res.PeakAnonKiB, m.Anon)
-				res.PeakFileKiB = max(res.PeakFileKiB, m.File)
-			}
-			select {
-			case <-memDone:
-				return
-			case <-tick.C:
-			}
-		}
-	}()
+	meter := startMeter(pid, t0, t1, mark, res)
 
 	stats := make([]workerStats, spec.Clients)
 	var wg sync.WaitGroup
@@ -408,13 +372,7 @@ func driveLoad(pid int, addr string, spec runSpec, body eventBody, mark func(), 
 		}()
 	}
 	wg.Wait()
-	<-marks
-	close(memDone)
-	<-memStopped
-	if m, err := readProcMem(pid); err == nil {
-		res.PeakAnonKiB = max(res.PeakAnonKiB, m.Anon)
-		res.PeakFileKiB = max(res.PeakFileKiB, m.File)
-	}
+	cpuErr := meter.finish()
 	tr.CloseIdleConnections()
 
 	var out loadOutcome
@@ -430,14 +388,99 @@ func driveLoad(pid int, addr string, spec runSpec, body eventBody, mark func(), 
 	out.cpuErr = cpuErr
 	res.Requests = len(all)
 	res.EvPerSec = float64(len(all)) / spec.Duration.Seconds()
-	ps := percentiles(all, 50, 99)
-	res.P50, res.P99 = ps[0], ps[1]
+	res.P50, res.P99, res.P999 = latencyPercentiles(all)
 	res.Dials = dials.Load()
-	res.ServerCPU = cpu1 - cpu0
-	res.ClientCPU = self1 - self0
-	res.OthersCPU = max(0, (all1-all0)-res.ServerCPU-res.ClientCPU)
-	res.Steal = steal1 - steal0
 	return out
+}
+
+// latencyPercentiles is the p50, p99 and p99.9 of d (sorted in place).
+func latencyPercentiles(d []time.Duration) (p50, p99, p999 time.Duration) {
+	ps := percentiles(d, 50, 99, 99.9)
+	return ps[0], ps[1], ps[2]
+}
+
+// newTransport is a keep-alive transport with at most conns connections,
+// counting its dials.
+func newTransport(conns int, dials *atomic.Int64) *http.Transport {
+	dialer := &net.Dialer{Timeout: 5 * time.Second}
+	return &http.Transport{
+		DialContext: func(ctx context.Context, network, a string) (net.Conn, error) {
+			dials.Add(1)
+			return dialer.DialContext(ctx, network, a)
+		},
+		MaxIdleConns:        conns,
+		MaxIdleConnsPerHost: conns,
+		MaxConnsPerHost:     conns,
+		IdleConnTimeout:     time.Minute,
+		DisableCompression:  true,
+	}
+}
+
+// meter marks the window [t0, t1) in the server (mark at both edges: commit
+// stats, CPU profile), takes CPU readings at its edges and samples the
+// server's memory until finish.
+type meter struct {
+	res                                                  *runResult
+	marks, memDone, memStopped                           chan struct{}
+	pid                                                  int
+	cpu0, cpu1, self0, self1, all0, all1, steal0, steal1 time.Duration
+	cpuErr                                               error
+}
+
+func startMeter(pid int, t0, t1 time.Time, mark func(), res *runResult) *meter {
+	m := &meter{res: res, pid: pid, marks: make(chan struct{}), memDone: make(chan struct{}), memStopped: make(chan struct{})}
+	go func() {
+		defer close(m.marks)
+		time.Sleep(time.Until(t0))
+		mark()
+		var e0, e1, e2, e3 error
+		m.cpu0, e0 = procCPU(pid)
+		m.self0 = selfCPU()
+		m.all0, m.steal0, e2 = machineCPU()
+		time.Sleep(time.Until(t1))
+		m.cpu1, e1 = procCPU(pid)
+		m.self1 = selfCPU()
+		m.all1, m.steal1, e3 = machineCPU()
+		mark()
+		m.cpuErr = errors.Join(e0, e1, e2, e3)
+	}()
+	go func() {
+		defer close(m.memStopped)
+		tick := time.NewTicker(250 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			m.sampleMem()
+			select {
+			case <-m.memDone:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return m
+}
+
+func (m *meter) sampleMem() {
+	if pm, err := readProcMem(m.pid); err == nil {
+		m.res.PeakAnonKiB = max(m.res.PeakAnonKiB, pm.Anon)
+		m.res.PeakFileKiB = max(m.res.PeakFileKiB, pm.File)
+		m.res.PeakRSSKiB = max(m.res.PeakRSSKiB, pm.RSS)
+	}
+}
+
+// finish waits for the window's end, stops the memory sampler and fills
+// res's CPU figures.
+func (m *meter) finish() error {
+	<-m.marks
+	close(m.memDone)
+	<-m.memStopped
+	m.sampleMem()
+	r := m.res
+	r.ServerCPU = m.cpu1 - m.cpu0
+	r.ClientCPU = m.self1 - m.self0
+	r.OthersCPU = max(0, (m.all1-m.all0)-r.ServerCPU-r.ClientCPU)
+	r.Steal = m.steal1 - m.steal0
+	return m.cpuErr
 }
 
 // post sends one event and wants 202 Accepted.

@@ -1,8 +1,10 @@
 // Command bench measures gwenrelay's ingest: POST /webhook with 1 KiB GWEN
 // events against the durable relay (bbolt spool, fsync before 202) and, in
 // the same run, against the in-memory ceiling (the same handler with a store
-// that keeps nothing); then the same durable load with a large backlog
-// already pending, and the time to open that backlog's spool.
+// that keeps nothing), from N closed-loop clients; then both offered a series
+// of fixed rates, open loop (sweep.go), plotted as latency against offered
+// load (svg.go); then the durable load with a large backlog already pending,
+// and the time to open that backlog's spool.
 //
 // Then its delivery (drain*.go; --drain=false skips it): the real gwenrelay
 // binary, built once per run, drains into a fake Segment in this process —
@@ -13,9 +15,10 @@
 // stats|ls|show|export` on a copy of the backlog, each a process of the real
 // binary, through a running daemon's admin socket and on the stopped file.
 //
-//	go run ./bench                 # full run, 10-20 minutes
+//	go run ./bench                 # full run, about 17 minutes (more on a busy machine: --repeat-budget)
 //	go run ./bench --quick         # about a minute
 //	go run ./bench --out bench-results/ingest.md
+//	go run ./bench --docs docs     # also docs/benchmarks.md and its plot
 //	go run ./bench --ingest=false --drain=false   # only the spool CLI
 //
 // The relay runs in a child process (this binary re-executed with a hidden
@@ -53,21 +56,24 @@ func main() {
 
 // config is the command line.
 type config struct {
-	Args       []string
-	Quick      bool
-	Runs       int
-	Duration   time.Duration
-	Warmup     time.Duration
-	Clients    []int
-	Backlog    int
-	Opens      int
-	MaxOthers  float64
-	Retries    int
-	Out        string
-	Keep       bool
-	Dir        string
-	CPUProfile string
-	Dedup      time.Duration
+	Args      []string
+	Quick     bool
+	Runs      int
+	Duration  time.Duration
+	Warmup    time.Duration
+	Clients   []int
+	Backlog   int
+	Opens     int
+	MaxOthers float64
+	Retries   int
+	// RepeatBudget caps the time spent on repeats of noisy runs; past it
+	// a noisy run is kept (flagged) at once.
+	RepeatBudget time.Duration
+	Out          string
+	Keep         bool
+	Dir          string
+	CPUProfile   string
+	Dedup        time.Duration
 
 	Ingest          bool
 	Drain           bool
@@ -79,20 +85,31 @@ type config struct {
 
 	Admin     bool
 	AdminRuns int
+
+	Sweep         bool
+	SweepRates    []float64
+	SweepWarmup   time.Duration
+	SweepDuration time.Duration
+	SweepConns    int
+	SweepGrace    time.Duration
+
+	Docs string // also write DIR/benchmarks.md and DIR/benchmarks-latency.svg
+	SVG  string // where the plot goes without --docs
 }
 
 func parseFlags(args []string) (config, error) {
 	c := config{Args: args}
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	fs.BoolVar(&c.Quick, "quick", false, "a ~1-minute version: 1 run of 3s per point, 0.5s warm-up, a 200,000-event backlog, 2 opens (explicit flags still win)")
+	fs.BoolVar(&c.Quick, "quick", false, "a ~1-minute version: 1 run of 1s per point, 0.3s warm-up, clients 1,64,256, no repeats of noisy runs, a 100,000-event backlog, 1 open of each kind, a 3s latency run, a 4-point sweep of 1s points, 3 spool CLI rounds (explicit flags still win)")
 	fs.IntVar(&c.Runs, "runs", 3, "runs per point; medians are reported")
 	fs.DurationVar(&c.Duration, "duration", 10*time.Second, "measured length of each run")
 	fs.DurationVar(&c.Warmup, "warmup", time.Second, "warm-up before each run's window, excluded")
-	clients := fs.String("clients", "1,16,64", "comma-separated concurrent keep-alive client counts")
+	clients := fs.String("clients", "1,16,64,256", "comma-separated concurrent keep-alive client counts")
 	fs.IntVar(&c.Backlog, "backlog", 1_000_000, "events pending in the spool for the backlog comparison and the open time (0 skips both)")
 	fs.IntVar(&c.Opens, "opens", 3, "open-time measurements, each cold and warm")
 	fs.Float64Var(&c.MaxOthers, "max-others", 0.5, "repeat a run during which other processes kept more than this many cores busy (0: never); if all attempts are over it, the quietest is kept")
 	fs.IntVar(&c.Retries, "retries", 2, "at most this many repeats of a noisy run; the last attempt is kept and flagged")
+	fs.DurationVar(&c.RepeatBudget, "repeat-budget", 5*time.Minute, "at most this much time in all on repeats of noisy runs (keeps a run on a busy machine near its usual length); past it noisy runs are kept and flagged at once")
 	fs.StringVar(&c.Out, "out", "", "also write the report (markdown) to this file")
 	fs.BoolVar(&c.Keep, "keep", false, "keep the run directory with every spool file")
 	fs.StringVar(&c.Dir, "dir", "bench-results", "directory for spool files and the cached backlog; must be on a real disk, not tmpfs")
@@ -107,6 +124,14 @@ func parseFlags(args []string) (config, error) {
 	fs.Float64Var(&c.MixedRate, "mixed-rate", 0, "the relay's --rate in the ingest-while-draining comparison (0: no limit, the measurement's definition; other values are experiments)")
 	fs.BoolVar(&c.Admin, "admin", true, "run the spool CLI measurements: gwenrelay spool stats, ls and show as processes of the real binary on the backlog, live (through a daemon's admin socket) and offline (the file), and the throughput of spool export (--admin=false skips them; --ingest=false --drain=false runs only them)")
 	fs.IntVar(&c.AdminRuns, "admin-runs", 15, "rounds of the spool CLI commands per mode; medians are reported (export runs: --runs)")
+	fs.BoolVar(&c.Sweep, "sweep", true, "run the open-loop sweep: durable ingest and the ceiling, alternated, at each of --sweep-rates, latency from each request's scheduled send time, plotted against the offered rate as an SVG (--sweep=false skips it)")
+	sweepRates := fs.String("sweep-rates", "250,500,1000,2000,4000,6000,8000,10000,12000", "comma-separated offered rates (events/s) of the sweep, ascending; a series stops after the first rate it cannot keep up with")
+	fs.DurationVar(&c.SweepWarmup, "sweep-warmup", time.Second, "warm-up of each sweep point at its offered rate, excluded")
+	fs.DurationVar(&c.SweepDuration, "sweep-duration", 5*time.Second, "measured window of each sweep point")
+	fs.IntVar(&c.SweepConns, "sweep-conns", 256, "keep-alive connections (one request in flight each) the sweep's generator may use, so that they do not limit the offered rate")
+	fs.DurationVar(&c.SweepGrace, "sweep-grace", 2*time.Second, "after a sweep point's window, how long its queued requests may still be sent; those left are counted unanswered and the point as not kept up")
+	fs.StringVar(&c.Docs, "docs", "", "also write DIR/benchmarks.md (the machine, the command, the whole report, the verdicts, the plot) and the plot DIR/benchmarks-latency.svg")
+	fs.StringVar(&c.SVG, "svg", "", "write the sweep's plot here (default: beside --out as NAME-latency.svg, else --dir/latency.svg unless --docs; --docs DIR always writes DIR/benchmarks-latency.svg too)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -130,23 +155,51 @@ func parseFlags(args []string) (config, error) {
 			c.Runs = 1
 		}
 		if !set["duration"] {
-			c.Duration = 3 * time.Second
+			c.Duration = time.Second
 		}
 		if !set["warmup"] {
-			c.Warmup = 500 * time.Millisecond
+			c.Warmup = 300 * time.Millisecond
+		}
+		if !set["clients"] {
+			*clients = "1,64,256"
+		}
+		if !set["retries"] {
+			c.Retries = 0
 		}
 		if !set["backlog"] {
-			c.Backlog = 200_000
+			c.Backlog = 100_000
 		}
 		if !set["opens"] {
-			c.Opens = 2
+			c.Opens = 1
 		}
 		if !set["latency-duration"] {
-			c.LatencyDuration = 30 * time.Second
+			c.LatencyDuration = 3 * time.Second
 		}
 		if !set["admin-runs"] {
-			c.AdminRuns = 5
+			c.AdminRuns = 3
 		}
+		if !set["sweep-rates"] {
+			*sweepRates = "500,2000,6000,12000"
+		}
+		if !set["sweep-warmup"] {
+			c.SweepWarmup = 250 * time.Millisecond
+		}
+		if !set["sweep-duration"] {
+			c.SweepDuration = time.Second
+		}
+		if !set["sweep-grace"] {
+			c.SweepGrace = time.Second
+		}
+	}
+	for _, s := range strings.Split(*sweepRates, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		r, err := strconv.ParseFloat(s, 64)
+		if err != nil || r <= 0 || r > 200_000 || (len(c.SweepRates) > 0 && r <= c.SweepRates[len(c.SweepRates)-1]) {
+			return c, fmt.Errorf("--sweep-rates %q: want ascending comma-separated rates above 0 and at most 200000 events/s", *sweepRates)
+		}
+		c.SweepRates = append(c.SweepRates, r)
 	}
 	for _, s := range strings.Split(*clients, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
@@ -178,6 +231,14 @@ func parseFlags(args []string) (config, error) {
 		return c, fmt.Errorf("--mixed-rate %v: want 0 (no limit) or more", c.MixedRate)
 	case c.AdminRuns < 1:
 		return c, fmt.Errorf("--admin-runs %d: want at least 1", c.AdminRuns)
+	case c.Sweep && c.Ingest && len(c.SweepRates) == 0:
+		return c, errors.New("--sweep-rates: want at least one rate (or --sweep=false)")
+	case c.SweepConns < 1 || c.SweepConns > 4096:
+		return c, fmt.Errorf("--sweep-conns %d: want between 1 and 4096", c.SweepConns)
+	case c.SweepDuration < 100*time.Millisecond:
+		return c, fmt.Errorf("--sweep-duration %v: want at least 100ms", c.SweepDuration)
+	case c.SweepWarmup < 0 || c.SweepGrace < 0:
+		return c, errors.New("--sweep-warmup and --sweep-grace: want 0 or more")
 	case !c.Ingest && !c.Drain && !c.Admin:
 		return c, errors.New("--ingest=false, --drain=false and --admin=false leave nothing to measure")
 	}
@@ -186,10 +247,12 @@ func parseFlags(args []string) (config, error) {
 
 // Targets.
 const (
-	targetRatio64      = 0.60
+	targetRatio64      = 0.75 // durable / ceiling at 64 clients
+	targetP99At64      = 10 * time.Millisecond
 	targetP50One       = time.Millisecond
 	targetBacklogRatio = 0.80
 	targetOpen         = 2 * time.Second
+	targetRSSKiB       = 100 << 10 // the relay's RSS, as ps shows it, with the backlog pending
 )
 
 // bench holds a run's state.
@@ -210,9 +273,12 @@ type bench struct {
 	notes   []string
 	drain   drainResults
 	admin   adminResults
+	sweep   map[string][]sweepPoint // "durable", "ceiling" -> points in rate order
+	rows    []row                   // the summary table, filled while rendering
 
-	repeats   int // runs repeated because of noise
-	noisyKept int // runs still noisy after the last repeat
+	repeats     int           // runs repeated because of noise
+	noisyKept   int           // runs still noisy after the last repeat
+	repeatSpent time.Duration // time spent on repeats
 }
 
 func key(label string, clients int) string { return fmt.Sprintf("%s/%d", label, clients) }
@@ -229,7 +295,7 @@ func run(args []string) error {
 		}
 		return err
 	}
-	b := &bench{cfg: cfg, main: map[string][]runResult{}, backlog: map[string][]runResult{}, began: time.Now()}
+	b := &bench{cfg: cfg, main: map[string][]runResult{}, backlog: map[string][]runResult{}, sweep: map[string][]sweepPoint{}, began: time.Now()}
 	if b.exe, err = os.Executable(); err != nil {
 		return fmt.Errorf("cannot find this binary to re-execute it as the server: %w", err)
 	}
@@ -255,12 +321,16 @@ func run(args []string) error {
 		return err
 	}
 	b.mach = describeMachine()
+	b.mach.Disk = describeDisk(cfg.Dir)
 	progress("gwenrelay bench (ingest %v, delivery %v, spool CLI %v): %d run(s) of %v (+%v warm-up) per point, clients %v, backlog %d; spool files in %s (%s)",
 		cfg.Ingest, cfg.Drain, cfg.Admin, cfg.Runs, cfg.Duration, cfg.Warmup, cfg.Clients, cfg.Backlog, b.runDir, fsName)
 
 	if cfg.Ingest {
 		if err := b.runMain(); err != nil {
 			return err
+		}
+		if cfg.Sweep {
+			b.runSweep()
 		}
 		if cfg.Backlog > 0 {
 			if err := b.runBacklog(); err != nil {
@@ -275,29 +345,86 @@ func run(args []string) error {
 	if cfg.Admin {
 		b.runAdmin()
 	}
-	var report string
-	if cfg.Ingest || cfg.Drain {
-		report = b.report()
-	}
-	if cfg.Admin {
-		report += b.reportAdmin(!cfg.Ingest && !cfg.Drain)
-	}
-	fmt.Print(report)
-	if cfg.Out != "" {
-		if dir := filepath.Dir(cfg.Out); dir != "" {
-			if err := os.MkdirAll(dir, 0o755); err != nil {
-				return fmt.Errorf("create the directory of --out %s: %w", cfg.Out, err)
-			}
+	return b.write()
+}
+
+// write prints the report, writes the plot and, with --out and --docs, the
+// report's files.
+func (b *bench) write() error {
+	cfg := b.cfg
+	// The plot: one SVG, written where --svg, --docs, --out or --dir say.
+	var svgs []string
+	if cfg.Ingest && cfg.Sweep && len(b.sweep) > 0 {
+		switch {
+		case cfg.SVG != "":
+			svgs = append(svgs, cfg.SVG)
+		case cfg.Out != "":
+			svgs = append(svgs, strings.TrimSuffix(cfg.Out, filepath.Ext(cfg.Out))+"-latency.svg")
+		case cfg.Docs == "":
+			svgs = append(svgs, filepath.Join(cfg.Dir, "latency.svg"))
 		}
-		if err := os.WriteFile(cfg.Out, []byte(report), 0o644); err != nil {
-			return fmt.Errorf("write --out %s: %w", cfg.Out, err)
+		if cfg.Docs != "" {
+			svgs = append(svgs, filepath.Join(cfg.Docs, docsSVG))
+		}
+		plot := b.sweepPlot().svg()
+		for _, f := range svgs {
+			if err := writeFile(f, plot); err != nil {
+				return fmt.Errorf("write the plot: %w", err)
+			}
+			progress("plot written to %s", f)
+		}
+	}
+	link := func(from string) string {
+		if len(svgs) == 0 {
+			return ""
+		}
+		if rel, err := filepath.Rel(from, svgs[0]); err == nil {
+			return filepath.ToSlash(rel)
+		}
+		return svgs[0]
+	}
+	if cfg.Out != "" {
+		report := b.render(reportOpts{SVGLink: link(filepath.Dir(cfg.Out))})
+		fmt.Print(report)
+		if err := writeFile(cfg.Out, []byte(report)); err != nil {
+			return fmt.Errorf("write --out: %w", err)
 		}
 		progress("report written to %s", cfg.Out)
+	} else {
+		fmt.Print(b.render(reportOpts{SVGLink: link(".")}))
+	}
+	if cfg.Docs != "" {
+		docsLink := ""
+		if len(svgs) > 0 {
+			docsLink = docsSVG
+		}
+		page := b.render(reportOpts{Docs: true, SVGLink: docsLink})
+		f := filepath.Join(cfg.Docs, docsPage)
+		if err := writeFile(f, []byte(page)); err != nil {
+			return fmt.Errorf("write --docs: %w", err)
+		}
+		progress("docs page written to %s", f)
 	}
 	if cfg.Keep {
 		progress("kept the run directory %s", b.runDir)
 	}
 	return nil
+}
+
+// The --docs files.
+const (
+	docsPage = "benchmarks.md"
+	docsSVG  = "benchmarks-latency.svg"
+)
+
+// writeFile writes data to name, creating its directory.
+func writeFile(name string, data []byte) error {
+	if dir := filepath.Dir(name); dir != "" {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+	}
+	return os.WriteFile(name, data, 0o644)
 }
 
 func (b *bench) spec(label, mode string, clients, r int) runSpec {
@@ -316,14 +443,23 @@ func (b *bench) spec(label, mode string, clients, r int) runSpec {
 // attempt was noisy, the quietest is kept and flagged. prepare, if not nil,
 // makes the spool file before each attempt.
 func (b *bench) do(spec runSpec, prepare func(runSpec) error) (runResult, error) {
+	return b.doRetries(spec, prepare, b.cfg.Retries)
+}
+
+// doRetries is do with at most retries repeats.
+func (b *bench) doRetries(spec runSpec, prepare func(runSpec) error, retries int) (runResult, error) {
 	var quietest runResult
 	for attempt := 0; ; attempt++ {
+		t := time.Now()
 		if prepare != nil {
 			if err := prepare(spec); err != nil {
 				return runResult{}, err
 			}
 		}
 		res, err := b.doOnce(spec)
+		if attempt > 0 {
+			b.repeatSpent += time.Since(t)
+		}
 		if err != nil {
 			return res, err
 		}
@@ -335,7 +471,7 @@ func (b *bench) do(spec runSpec, prepare func(runSpec) error) (runResult, error)
 		if attempt == 0 || res.othersCores() < quietest.othersCores() {
 			quietest = res
 		}
-		if attempt >= b.cfg.Retries {
+		if attempt >= retries || b.repeatSpent >= b.cfg.RepeatBudget {
 			quietest.Noisy = true
 			b.noisyKept++
 			return quietest, nil
@@ -368,11 +504,20 @@ func (b *bench) doOnce(spec runSpec) (runResult, error) {
 		extra = fmt.Sprintf("; server %.3f CPU-s/1k ev; %d commits, %.1f ev/commit, commit p50 %.2f ms",
 			res.serverCPUPer1k(), res.Server.Commits, perCommit(res.Server), res.Server.CommitP50Ms)
 	}
-	if res.Dials > int64(spec.Clients) {
+	if res.Dials > int64(spec.Clients) && res.Open == nil {
 		extra += fmt.Sprintf("; NOTE %d connections dialled for %d clients", res.Dials, spec.Clients)
 	}
-	progress("run %d/%d %-8s %3d clients: %8.0f ev/s  p50 %s  p99 %s%s; others' CPU %.2f cores, fsync probe p50 %s",
-		spec.Run, b.cfg.Runs, spec.Label, spec.Clients, res.EvPerSec, fmtDur(res.P50), fmtDur(res.P99), extra, res.othersCores(), fmtDur(res.ProbeP50))
+	if o := res.Open; o != nil {
+		kept := "kept up"
+		if !o.KeptUp {
+			kept = "did NOT keep up"
+		}
+		progress("sweep %-7s %6.0f ev/s offered: %8.0f achieved (%s)  p50 %s  p99 %s  p99.9 %s  max %s; %d unanswered; pickup p50 %s p99 %s; peak %d in flight of %d conns%s; others' CPU %.2f cores",
+			spec.Mode, spec.Rate, res.EvPerSec, kept, fmtDur(res.P50), fmtDur(res.P99), fmtDur(res.P999), fmtDur(o.Max), o.Unanswered, fmtDur(o.PickupP50), fmtDur(o.PickupP99), o.PeakInFlight, o.Conns, extra, res.othersCores())
+		return res, nil
+	}
+	progress("run %d/%d %-8s %3d clients: %8.0f ev/s  p50 %s  p99 %s  p99.9 %s%s; others' CPU %.2f cores, fsync probe p50 %s",
+		spec.Run, b.cfg.Runs, spec.Label, spec.Clients, res.EvPerSec, fmtDur(res.P50), fmtDur(res.P99), fmtDur(res.P999), extra, res.othersCores(), fmtDur(res.ProbeP50))
 	return res, nil
 }
 
@@ -400,9 +545,15 @@ func (b *bench) runMain() error {
 	return nil
 }
 
-// backlogClients is the client count of the backlog comparison: the largest
-// asked for (64 by default).
-func (b *bench) backlogClients() int { return slices.Max(b.cfg.Clients) }
+// backlogClients is the client count of the backlog comparison and of
+// ingest while draining: 64, the targets' count, if asked for, else the
+// largest asked for.
+func (b *bench) backlogClients() int {
+	if has(b.cfg.Clients, 64) {
+		return 64
+	}
+	return slices.Max(b.cfg.Clients)
+}
 
 // prefillInfo describes the cached backlog file.
 type prefillInfo struct {

@@ -31,9 +31,10 @@ func percentiles(d []time.Duration, ps ...float64) []time.Duration {
 }
 
 // rank is the 0-based index of the nearest-rank p-th percentile of n sorted
-// samples.
+// samples. The tolerance keeps float error from moving an exact rank up one
+// (99.9/100*1000 is 999.0000000000001 in float64).
 func rank(n int, p float64) int {
-	i := int(math.Ceil(p/100*float64(n))) - 1
+	i := int(math.Ceil(p/100*float64(n)-1e-9)) - 1
 	return min(max(i, 0), n-1)
 }
 

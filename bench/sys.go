@@ -7,7 +7,9 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -195,6 +197,102 @@ type machine struct {
 	GoVersion string
 	Commit    string
 	LoadAvg   string
+	Virt      string // "virtual machine", "container (docker)", … or ""
+	Disk      string // the block device under --dir, or ""
+}
+
+// describe is the one-line description of the machine.
+func (m machine) describe() string {
+	return fmt.Sprintf("%d CPUs (%s%s), %s, %.1f GiB RAM", m.CPUs, m.CPUModel, m.virtNote(), m.Kernel, m.MemGiB)
+}
+
+// short is the machine in a few words, for the plot.
+func (m machine) short() string {
+	return fmt.Sprintf("%d × %s%s, %.0f GiB RAM, %s", m.CPUs, m.CPUModel, m.virtNote(), m.MemGiB, m.GoVersion)
+}
+
+func (m machine) virtNote() string {
+	if m.Virt == "" {
+		return ""
+	}
+	return "; " + m.Virt
+}
+
+func (m machine) diskNote() string {
+	if m.Disk == "" {
+		return ""
+	}
+	return " on " + m.Disk
+}
+
+// detectVirt says whether this runs in a virtual machine (the CPU's
+// hypervisor flag) and in a container (systemd-detect-virt --container, if
+// installed).
+func detectVirt() string {
+	var out []string
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "flags" {
+				if slices.Contains(strings.Fields(v), "hypervisor") {
+					out = append(out, "virtual machine")
+				}
+				break
+			}
+		}
+	}
+	if c, err := exec.Command("systemd-detect-virt", "--container").Output(); err == nil {
+		if v := strings.TrimSpace(string(c)); v != "" && v != "none" {
+			out = append(out, "in a container ("+v+")")
+		}
+	}
+	return strings.Join(out, ", ")
+}
+
+// describeDisk names the block device holding dir, its size and whether the
+// kernel takes it for rotational, from /proc/self/mountinfo and /sys/block.
+func describeDisk(dir string) string {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return ""
+	}
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return ""
+	}
+	best, src := "", ""
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		i := slices.Index(f, "-")
+		if len(f) < 5 || i < 0 || i+2 >= len(f) {
+			continue
+		}
+		mnt := f[4]
+		if (abs == mnt || strings.HasPrefix(abs, strings.TrimSuffix(mnt, "/")+"/")) && len(mnt) >= len(best) {
+			best, src = mnt, f[i+2]
+		}
+	}
+	if !strings.HasPrefix(src, "/dev/") {
+		return ""
+	}
+	dev := strings.TrimPrefix(src, "/dev/")
+	sys := "/sys/class/block/" + dev
+	desc := src
+	var extra []string
+	if v, err := os.ReadFile(sys + "/size"); err == nil {
+		if sectors, err := strconv.ParseInt(strings.TrimSpace(string(v)), 10, 64); err == nil && sectors > 0 {
+			extra = append(extra, fmt.Sprintf("%.0f GiB", float64(sectors*512)/(1<<30)))
+		}
+	}
+	if strings.HasPrefix(dev, "vd") {
+		extra = append(extra, "virtio")
+	}
+	if v, err := os.ReadFile(sys + "/device/model"); err == nil && strings.TrimSpace(string(v)) != "" {
+		extra = append(extra, strings.TrimSpace(string(v)))
+	}
+	if len(extra) > 0 {
+		desc += " (" + strings.Join(extra, ", ") + ")"
+	}
+	return desc
 }
 
 func describeMachine() machine {
@@ -217,6 +315,7 @@ func describeMachine() machine {
 		}
 	}
 	m.LoadAvg = loadAvg()
+	m.Virt = detectVirt()
 	if out, err := exec.Command("git", "rev-parse", "--short=12", "HEAD").Output(); err == nil {
 		m.Commit = strings.TrimSpace(string(out))
 		if st, err := exec.Command("git", "status", "--porcelain").Output(); err == nil && len(bytes.TrimSpace(st)) > 0 {
@@ -261,6 +360,18 @@ func machineCPU() (busy, steal time.Duration, err error) {
 	// user nice system idle iowait irq softirq steal
 	ticks := v[0] + v[1] + v[2] + v[5] + v[6]
 	return time.Duration(ticks) * time.Second / clockTicks, time.Duration(v[7]) * time.Second / clockTicks, nil
+}
+
+// preciseSleep sleeps for d with the kernel's precision (nanosleep: tens of
+// µs late) instead of the Go runtime's timers, which in a mostly idle
+// process wake up to a millisecond late; it blocks the calling thread. An
+// interrupted sleep returns early: callers loop on the deadline.
+func preciseSleep(d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	ts := syscall.NsecToTimespec(int64(d))
+	_ = syscall.Nanosleep(&ts, nil)
 }
 
 // fsyncProbe appends 4 KiB and fdatasyncs n times in a scratch file in dir,
