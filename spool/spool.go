@@ -95,6 +95,11 @@ type Options struct {
 	MustExist bool
 	// MaxGroup caps the entries committed in one transaction (default 16384).
 	MaxGroup int
+	// TrimInterval is how often a read-write spool unmaps the file's pages
+	// from the process (default DefaultTrimInterval; negative: never), so
+	// that its resident memory is its own and not the spool file read
+	// through bbolt's mapping (see trimLoop).
+	TrimInterval time.Duration
 	// Now is the clock (default time.Now); tests move it.
 	Now func() time.Time
 }
@@ -125,6 +130,8 @@ type Spool struct {
 	smallMapping bool
 
 	commitHook func(groupOps, groupEntries int, d time.Duration)
+
+	trimStop, trimDone chan struct{}
 }
 
 // Open opens (creating if absent, unless Options.MustExist or ReadOnly) the
@@ -196,6 +203,14 @@ func Open(path string, opt Options) (*Spool, error) {
 		s.ops = make(chan *op, 4096)
 		s.loopDone = make(chan struct{})
 		go s.loop()
+		if opt.TrimInterval >= 0 {
+			if opt.TrimInterval == 0 {
+				opt.TrimInterval = DefaultTrimInterval
+			}
+			s.trimMapping() // what the open read (a freelist rebuild walks the file)
+			s.trimStop, s.trimDone = make(chan struct{}), make(chan struct{})
+			go s.trimLoop(opt.TrimInterval, s.trimStop, s.trimDone)
+		}
 	}
 	return s, nil
 }
@@ -491,6 +506,10 @@ func (s *Spool) Close() error {
 	}
 	if s.loopDone != nil {
 		<-s.loopDone
+	}
+	if s.trimStop != nil {
+		close(s.trimStop)
+		<-s.trimDone
 	}
 	if !s.opt.ReadOnly {
 		s.persistFreelist()

@@ -1,0 +1,99 @@
+//go:build linux
+
+package spool
+
+import (
+	"bytes"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// rssFile reads the process's file-backed resident memory (RssFile) in
+// bytes from /proc/self/status.
+func rssFile(t *testing.T) int64 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "RssFile:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return kb << 10
+		}
+	}
+	t.Fatal("no RssFile in /proc/self/status")
+	return 0
+}
+
+// TestSpool_TrimMapping: reading a backlog through bbolt's mapping leaves
+// the file's pages counted in the process's resident memory; the trim
+// unmaps them (on its own, every TrimInterval), and the records read back
+// the same afterwards.
+func TestSpool_TrimMapping(t *testing.T) {
+	for _, auto := range []bool{false, true} {
+		name := "by hand"
+		opt := Options{TrimInterval: -1}
+		if auto {
+			name, opt.TrimInterval = "on its own", 50*time.Millisecond
+		}
+		t.Run(name, func(t *testing.T) {
+			s := openTest(t, opt)
+			// 64 MiB of records.
+			const n, size = 32768, 2048
+			at := time.Now()
+			for i := 0; i < n; i += 1024 {
+				batch := make([]Entry, 0, 1024)
+				for j := i; j < i+1024; j++ {
+					e := entry(j, at)
+					e.Event = bytes.Repeat([]byte{'x'}, size)
+					batch = append(batch, e)
+				}
+				mustAppend(t, s, batch...)
+			}
+			if !auto {
+				s.trimMapping()
+			}
+			base := rssFile(t)
+			var read int
+			for after := uint64(0); ; {
+				recs, err := s.ReadPending(after, 4096)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(recs) == 0 {
+					break
+				}
+				read += len(recs)
+				after = recs[len(recs)-1].ID
+			}
+			if read != n {
+				t.Fatalf("read %d records, want %d", read, n)
+			}
+			grown := rssFile(t) - base
+			if !auto && grown < n*size/2 {
+				t.Fatalf("reading %d MiB of records grew RssFile by only %d MiB: the test cannot see a trim", n*size>>20, grown>>20)
+			}
+			if !auto {
+				s.trimMapping()
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			for rssFile(t)-base > n*size/8 {
+				if !auto || time.Now().After(deadline) {
+					t.Fatalf("RssFile still %d MiB above where it was before the read", (rssFile(t)-base)>>20)
+				}
+				time.Sleep(20 * time.Millisecond) // polling a counter the kernel keeps; the deadline bounds it
+			}
+			recs, err := s.ReadPending(0, 1)
+			if err != nil || len(recs) != 1 || !bytes.Equal(recs[0].Event, bytes.Repeat([]byte{'x'}, size)) {
+				t.Fatalf("first record after the trim: %v %v", recs, err)
+			}
+		})
+	}
+}
