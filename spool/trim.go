@@ -8,7 +8,7 @@ import (
 
 // DefaultTrimInterval is how often a read-write spool drops the file's
 // pages from its mapping (see Options.TrimInterval).
-const DefaultTrimInterval = 250 * time.Millisecond
+const DefaultTrimInterval = 50 * time.Millisecond
 
 // trimLoop drops the spool file's pages from the process's mapping every
 // interval until stop is closed. bbolt reads the file through a shared
