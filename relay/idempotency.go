@@ -27,7 +27,7 @@ import (
 // escape, a control character, U+2028/U+2029 or invalid UTF-8) falls back
 // to the round trip.
 func canonicalJSON(raw []byte) ([]byte, error) {
-	if out, ok := appendCanonical(make([]byte, 0, len(raw)), raw, skipSpace(raw, 0)); ok {
+	if out, ok := appendCanonical(make([]byte, 0, len(raw)), raw, skipSpace(raw, 0), 0); ok {
 		return out, nil
 	}
 	return canonicalJSONRoundTrip(raw)
@@ -50,11 +50,21 @@ func canonicalJSONRoundTrip(raw []byte) ([]byte, error) {
 	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
 }
 
-// appendCanonical appends the canonical form of the value at raw[i:] to dst.
-// ok is false when the value needs canonicalJSONRoundTrip (see canonicalJSON)
-// or is not valid JSON.
-func appendCanonical(dst, raw []byte, i int) (out []byte, ok bool) {
+// maxCanonicalDepth is the deepest nesting appendCanonical handles; deeper
+// values take the round trip. Each level finds its members' ends by scanning
+// them, so the work grows with depth times size: bounded, it stays linear
+// (a 5,000-deep document around a 4 MiB string took seconds unbounded).
+const maxCanonicalDepth = 16
+
+// appendCanonical appends the canonical form of the value at raw[i:], at
+// nesting depth, to dst. ok is false when the value needs
+// canonicalJSONRoundTrip (see canonicalJSON and maxCanonicalDepth) or is
+// not valid JSON.
+func appendCanonical(dst, raw []byte, i, depth int) (out []byte, ok bool) {
 	if i >= len(raw) {
+		return dst, false
+	}
+	if (raw[i] == '{' || raw[i] == '[') && depth >= maxCanonicalDepth {
 		return dst, false
 	}
 	switch raw[i] {
@@ -110,7 +120,7 @@ func appendCanonical(dst, raw []byte, i int) (out []byte, ok bool) {
 			first = false
 			dst = append(dst, m.key...)
 			dst = append(dst, ':')
-			if dst, ok = appendCanonical(dst, raw, m.start); !ok {
+			if dst, ok = appendCanonical(dst, raw, m.start, depth+1); !ok {
 				return dst, false
 			}
 		}
@@ -122,7 +132,7 @@ func appendCanonical(dst, raw []byte, i int) (out []byte, ok bool) {
 			return append(dst, ']'), true
 		}
 		for {
-			if dst, ok = appendCanonical(dst, raw, j); !ok {
+			if dst, ok = appendCanonical(dst, raw, j, depth+1); !ok {
 				return dst, false
 			}
 			j = skipSpace(raw, valueEnd(raw, j))

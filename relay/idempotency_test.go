@@ -307,8 +307,24 @@ func TestCanonicalJSON_SameAsRoundTrip(t *testing.T) {
 		}
 	}
 	// The fast path really is taken for a plain event.
-	if _, ok := appendCanonical(nil, readIngestExamples(t)[0], 0); !ok {
+	if _, ok := appendCanonical(nil, readIngestExamples(t)[0], 0, 0); !ok {
 		t.Error("a plain GWEN event fell back to the round trip")
+	}
+	// Deep nesting takes the round trip (the direct form rescans each level:
+	// depth times size), and the bytes are the same either way.
+	for _, depth := range []int{maxCanonicalDepth / 2, maxCanonicalDepth/2 + 1, 5000} {
+		doc := strings.Repeat(`{"a":[`, depth) + `"` + strings.Repeat("x", 1<<16) + `"` + strings.Repeat(`]}`, depth)
+		_, direct := appendCanonical(nil, []byte(doc), 0, 0)
+		if want := depth*2 <= maxCanonicalDepth; direct != want {
+			t.Errorf("depth %d: direct form taken %v, want %v", depth*2, direct, want)
+		}
+		want, err := canonicalJSONRoundTrip([]byte(doc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := canonicalJSON([]byte(doc)); err != nil || !bytes.Equal(got, want) {
+			t.Errorf("depth %d: canonicalJSON differs from the round trip (%v)", depth*2, err)
+		}
 	}
 }
 
