@@ -132,6 +132,10 @@ type Spool struct {
 	commitHook func(groupOps, groupEntries int, d time.Duration)
 
 	trimStop, trimDone chan struct{}
+	// trimAddr and trimEnd are the mapping trimMapping last checked;
+	// trimOff is set when a check failed.
+	trimAddr, trimEnd uintptr
+	trimOff           bool
 }
 
 // Open opens (creating if absent, unless Options.MustExist or ReadOnly) the

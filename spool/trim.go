@@ -1,6 +1,7 @@
 package spool
 
 import (
+	"path/filepath"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -34,13 +35,35 @@ func (s *Spool) trimLoop(interval time.Duration, stop <-chan struct{}, done chan
 }
 
 // trimMapping unmaps the pages of the file's mapping. The read transaction
-// holds bbolt's mmap lock, so the mapping cannot move meanwhile, and covers
-// at least the file's used size.
+// holds bbolt's mmap lock, so the mapping cannot move meanwhile, and bbolt
+// keeps the committed size (tx.Size) inside it. That is checked against
+// /proc/self/maps whenever the mapping moved or the size outgrew what was
+// checked, because MADV_DONTNEED past the mapping would zero whatever
+// memory lies there: if the range is not the spool file's, the trim stops
+// for good. Only the trim goroutine (and Open, before it starts) calls this.
 func (s *Spool) trimMapping() {
+	if s.trimOff {
+		return
+	}
 	_ = s.db.View(func(tx *bolt.Tx) error {
-		if size := tx.Size(); size > 0 {
-			dropMapped(s.db.Info().Data, uintptr(size))
+		size := uintptr(max(tx.Size(), 0))
+		addr := s.db.Info().Data
+		if size == 0 {
+			return nil
 		}
+		if addr != s.trimAddr || addr+size > s.trimEnd {
+			path := s.path
+			if real, err := filepath.EvalSymlinks(path); err == nil {
+				path = real // /proc/self/maps names the file by its real path
+			}
+			end, ok := mappingEnd(addr, path)
+			if !ok || addr+size > end {
+				s.trimOff = true
+				return nil
+			}
+			s.trimAddr, s.trimEnd = addr, end
+		}
+		dropMapped(addr, size)
 		return nil
 	})
 }

@@ -97,3 +97,69 @@ func TestSpool_TrimMapping(t *testing.T) {
 		})
 	}
 }
+
+// TestSpool_TrimChecksTheMapping: the range trimmed is found in
+// /proc/self/maps as the spool file's mapping, also after the file outgrew
+// a small initial mapping and bbolt mapped it anew; a range that is not the
+// file's stops the trim instead of unmapping it.
+func TestSpool_TrimChecksTheMapping(t *testing.T) {
+	saved := initialMmapSize
+	initialMmapSize = 0 // bbolt's default: the file soon outgrows it
+	t.Cleanup(func() { initialMmapSize = saved })
+	s := openTest(t, Options{TrimInterval: -1})
+	firstAddr := s.db.Info().Data
+	s.trimMapping()
+	if s.trimOff || s.trimAddr != firstAddr || s.trimEnd <= firstAddr {
+		t.Fatalf("after the first trim: off %v, checked [%#x, %#x), mapping at %#x", s.trimOff, s.trimAddr, s.trimEnd, firstAddr)
+	}
+	at := time.Now()
+	for i := 0; i < 4096; i += 512 {
+		batch := make([]Entry, 0, 512)
+		for j := i; j < i+512; j++ {
+			e := entry(j, at)
+			e.Event = bytes.Repeat([]byte{'y'}, 4096)
+			batch = append(batch, e)
+		}
+		mustAppend(t, s, batch...)
+	}
+	s.trimMapping()
+	if s.trimOff {
+		t.Fatal("the trim stopped after a remap")
+	}
+	if s.db.Info().Data == firstAddr && s.trimEnd-s.trimAddr < 16<<20 {
+		t.Logf("the mapping did not move (bbolt grew it in place)")
+	}
+	end, ok := mappingEnd(s.trimAddr, s.Path())
+	if !ok || end != s.trimEnd {
+		t.Errorf("mappingEnd(%#x) = %#x %v; the trim checked %#x", s.trimAddr, end, ok, s.trimEnd)
+	}
+	// A range that is not the spool file's: the trim stops.
+	if _, ok := mappingEnd(s.trimAddr, s.Path()+".other"); ok {
+		t.Error("mappingEnd matched another path")
+	}
+	s.path += ".other"
+	s.trimAddr = 0
+	s.trimMapping()
+	s.path = strings.TrimSuffix(s.path, ".other")
+	if !s.trimOff {
+		t.Error("a mapping of another file did not stop the trim")
+	}
+}
+
+// TestSpool_TrimThroughASymlink: /proc/self/maps names the file by its real
+// path; a spool opened through a symlinked directory is still trimmed.
+func TestSpool_TrimThroughASymlink(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Mkdir(dir+"/real", 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(dir+"/real", dir+"/link"); err != nil {
+		t.Fatal(err)
+	}
+	s := openAt(t, dir+"/link/spool.db", Options{TrimInterval: -1})
+	mustAppend(t, s, entry(1, time.Now()))
+	s.trimMapping()
+	if s.trimOff || s.trimEnd == 0 {
+		t.Errorf("trim through a symlinked directory: off %v, checked up to %#x", s.trimOff, s.trimEnd)
+	}
+}
