@@ -891,3 +891,22 @@ func e2eDeadEndpoint(t testing.TB) string {
 	})
 	return "http://" + l.Addr().String()
 }
+
+// e2eHeldListener is a listening socket on 127.0.0.1 held by the test, as
+// systemd holds one for socket activation: its file is passed to the relay
+// (e2eStartOptions.Listeners), and connections made while no relay runs
+// wait in its backlog. Both are closed in t.Cleanup.
+func e2eHeldListener(t testing.TB) (net.Listener, *os.File) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	f, err := l.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return l, f
+}

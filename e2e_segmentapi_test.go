@@ -1380,16 +1380,7 @@ func TestSegmentAPI_KillDashNine(t *testing.T) {
 	fake := segmenttest.New(segAPIWriteKey)
 	defer fake.Close()
 	spoolPath := filepath.Join(t.TempDir(), "spool.db")
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	lf, err := l.(*net.TCPListener).File()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lf.Close()
+	l, lf := e2eHeldListener(t)
 	start := func() *e2eRelay {
 		p, err := e2eStartOpts(t, e2eStartOptions{Raw: true, Listeners: []*os.File{lf}}, "", segRelayArgs(spoolPath, "127.0.0.1:1", fake)...)
 		if err != nil {

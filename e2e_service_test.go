@@ -333,16 +333,7 @@ func TestService_TLS(t *testing.T) {
 func TestService_SocketActivationRestart(t *testing.T) {
 	dir := t.TempDir()
 	sp := filepath.Join(dir, "spool.db")
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	lf, err := l.(*net.TCPListener).File()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lf.Close()
+	l, lf := e2eHeldListener(t)
 	url := "http://" + l.Addr().String()
 
 	start := func() *e2eRelay {
@@ -641,16 +632,7 @@ func TestService_SeveralInheritedSockets(t *testing.T) {
 	var files []*os.File
 	var urls []string
 	for i := 0; i < 2; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		f, err := l.(*net.TCPListener).File()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
+		l, f := e2eHeldListener(t)
 		files = append(files, f)
 		urls = append(urls, "http://"+l.Addr().String())
 	}

@@ -380,11 +380,7 @@ func (in *Inspector) Show(ctx context.Context, id uint64) (ShowView, error) {
 	}
 	v := ShowView{RecordView: NewRecordView(r, dead)}
 	msg, err := recordMessage(r, in.cfg.Mapping())
-	if sm, ok := msg.(*SegmentMessage); ok {
-		// As stored: its sentAt is the caller's, moved on only when it is
-		// sent (so the view does not change from one look to the next).
-		v.Message = sm.Raw
-	} else if err == nil {
+	if err == nil {
 		v.Message, err = MarshalMessage(msg)
 	}
 	if err != nil {

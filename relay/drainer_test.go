@@ -153,7 +153,7 @@ func drainExpected(tb testing.TB, m *Mapping, recs []spool.Record) map[string][]
 
 // wireLog is the transport under the limiter (SegmentConfig.Base): it sees
 // each request after the limiter released it, and records when it started
-// and ended, its answer and, if asked, its body.
+// and ended, its headers, its answer and, if asked, its body.
 type wireLog struct {
 	base      http.RoundTripper
 	keepBody  bool
@@ -165,6 +165,7 @@ type wireExchange struct {
 	start, end time.Time
 	status     int
 	err        error
+	header     http.Header
 	body       []byte
 }
 
@@ -185,7 +186,7 @@ func (w *wireLog) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	start := time.Now()
 	resp, err := w.base.RoundTrip(req)
-	x := wireExchange{start: start, end: time.Now(), err: err, body: body}
+	x := wireExchange{start: start, end: time.Now(), err: err, header: req.Header.Clone(), body: body}
 	if resp != nil {
 		x.status = resp.StatusCode
 	}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	analytics "github.com/segmentio/analytics-go/v3"
 
@@ -55,6 +56,7 @@ func (s *dryRunSink) Enqueue(m analytics.Message) error {
 	tooBig := len(b) > MaxMessageBytes
 	if sm, ok := m.(*SegmentMessage); ok {
 		tooBig = segmentMessageTooBig(sm) // as the raw sender decides
+		b = sm.Body(time.Now())           // as the raw sender would send it now
 	}
 	if tooBig {
 		// The real senders refuse it this way (Segment would reject it), so

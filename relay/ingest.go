@@ -167,7 +167,6 @@ type ingestResponse struct {
 	Accepted   int      `json:"accepted"`
 	Duplicates int      `json:"duplicates"`
 	IDs        []uint64 `json:"ids"`
-	status     int      // the status it was answered with
 }
 
 // apiError is a failure answer: its status, a message that says what was
@@ -244,12 +243,13 @@ func (webhookEndpoint) answer(res *ingestResponse, allDuplicates bool) (int, any
 
 func (h *Ingest) serve(w http.ResponseWriter, r *http.Request, ep endpoint) {
 	resp, aerr := h.handle(w, r, ep)
+	var status int
 	var body any
 	if aerr == nil {
-		resp.status, body = ep.answer(resp, resp.Accepted == 0)
+		status, body = ep.answer(resp, resp.Accepted == 0)
 	}
 	if h.obs != nil {
-		h.observeAnswer(ep.route(), resp, aerr)
+		h.observeAnswer(ep.route(), resp, status, aerr)
 	}
 	if aerr != nil {
 		if aerr.status >= 500 {
@@ -260,7 +260,7 @@ func (h *Ingest) serve(w http.ResponseWriter, r *http.Request, ep endpoint) {
 		writeError(w, aerr)
 		return
 	}
-	writeJSON(w, resp.status, body)
+	writeJSON(w, status, body)
 }
 
 func (h *Ingest) handle(w http.ResponseWriter, r *http.Request, ep endpoint) (*ingestResponse, *apiError) {

@@ -45,16 +45,20 @@ func BenchmarkIngest_Webhook(b *testing.B) {
 		b.Fatal(err)
 	}
 	h := NewIngest(IngestConfig{Store: &nopIngestStore{}, Auth: auth, Logger: slog.New(slog.DiscardHandler)})
-	body := benchEvent1K(b, "user-bench")
+	benchPost(b, h, "/webhook", benchEvent1K(b, "user-bench"), "Bearer "+ingestTestToken, http.StatusAccepted)
+}
+
+// benchPost measures POSTs of body to path through h, each answered want.
+func benchPost(b *testing.B, h http.Handler, path string, body []byte, authorization string, want int) {
 	b.SetBytes(int64(len(body)))
 	b.ReportAllocs()
 	for b.Loop() {
-		req := httptest.NewRequest(http.MethodPost, "/webhook", bytes.NewReader(body))
-		req.Header.Set("Authorization", "Bearer "+ingestTestToken)
+		req := httptest.NewRequest(http.MethodPost, path, bytes.NewReader(body))
+		req.Header.Set("Authorization", authorization)
 		req.Header.Set("Content-Type", "application/json")
 		w := httptest.NewRecorder()
 		h.ServeHTTP(w, req)
-		if w.Code != http.StatusAccepted {
+		if w.Code != want {
 			b.Fatalf("status %d: %s", w.Code, w.Body)
 		}
 	}
@@ -73,19 +77,7 @@ func BenchmarkIngest_SegmentBatch(b *testing.B) {
 	for i := range msgs {
 		msgs[i] = fmt.Sprintf(`{"type":"track","event":"Level Up","userId":"u-%d","messageId":"m-%d","timestamp":"2024-06-10T11:59:00.000Z","properties":{"pad":%q},"context":{"library":{"name":"analytics-node","version":"3.1.0"}}}`, i, i, strings.Repeat("x", 850))
 	}
-	body := segmentBatch(msgs...)
-	b.SetBytes(int64(len(body)))
-	b.ReportAllocs()
-	for b.Loop() {
-		req := httptest.NewRequest(http.MethodPost, "/v1/batch", bytes.NewReader(body))
-		req.Header.Set("Authorization", segmentBasic)
-		req.Header.Set("Content-Type", "application/json")
-		w := httptest.NewRecorder()
-		srv.ServeHTTP(w, req)
-		if w.Code != http.StatusOK {
-			b.Fatalf("status %d: %s", w.Code, w.Body)
-		}
-	}
+	benchPost(b, srv, "/v1/batch", segmentBatch(msgs...), segmentBasic, http.StatusOK)
 }
 
 // BenchmarkDrain_GWENRecord is what the drainer does per stored GWEN event

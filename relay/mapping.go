@@ -333,13 +333,13 @@ func eventGroupID(ev Event) (string, error) {
 // "identify", "group", "page", "screen", "alias"), messageId and timestamp as
 // given (Enqueue fills them only when empty, and Map always sets them). Its
 // length is what Segment's 32,000-byte message limit applies to. A
-// SegmentMessage is its Body as it would leave now (the raw sender sends it,
-// and ingest held the caller's message to MaxSegmentMessageBytes).
+// SegmentMessage is its JSON as stored (its sentAt is moved on only when it
+// is sent: see Body).
 func MarshalMessage(msg analytics.Message) ([]byte, error) {
 	switch m := msg.(type) {
 	case *SegmentMessage:
 		if m != nil {
-			return m.Body(time.Now()), nil
+			return m.Raw, nil
 		}
 	case analytics.Track:
 		m.Type = "track"

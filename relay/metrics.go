@@ -468,14 +468,14 @@ func (h *Ingest) counted(route string, next http.HandlerFunc) http.HandlerFunc {
 }
 
 // observeAnswer tells the observer how a webhook request was answered.
-func (h *Ingest) observeAnswer(route string, resp *ingestResponse, aerr *apiError) {
+func (h *Ingest) observeAnswer(route string, resp *ingestResponse, status int, aerr *apiError) {
 	if aerr != nil {
 		h.obs.RequestRejected(rejectReason(aerr))
 		h.obs.ObserveRequest(route, aerr.status)
 		return
 	}
 	h.obs.EventsSpooled(resp.Accepted, resp.Duplicates)
-	h.obs.ObserveRequest(route, resp.status)
+	h.obs.ObserveRequest(route, status)
 }
 
 // statusWriter remembers the status a handler answered.

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"slices"
 	"strings"
@@ -24,49 +23,6 @@ import (
 
 // The raw sender tests drive NewSegmentSenders' senders (or the raw sender
 // itself) against the fake Segment on loopback, through the real HTTP stack.
-
-// rawWire is the transport under the limiter: it records each attempt as it
-// leaves (after the limiter and Prepare), with its headers and body.
-type rawWire struct {
-	base      http.RoundTripper
-	mu        sync.Mutex
-	exchanges []rawExchange
-}
-
-type rawExchange struct {
-	start  time.Time
-	header http.Header
-	body   []byte
-	status int
-}
-
-func (w *rawWire) RoundTrip(req *http.Request) (*http.Response, error) {
-	var body []byte
-	if req.Body != nil {
-		b, err := io.ReadAll(req.Body)
-		req.Body.Close()
-		if err != nil {
-			return nil, err
-		}
-		body = b
-		req.Body = io.NopCloser(bytes.NewReader(b))
-	}
-	x := rawExchange{start: time.Now(), header: req.Header.Clone(), body: body}
-	resp, err := w.base.RoundTrip(req)
-	if resp != nil {
-		x.status = resp.StatusCode
-	}
-	w.mu.Lock()
-	w.exchanges = append(w.exchanges, x)
-	w.mu.Unlock()
-	return resp, err
-}
-
-func (w *rawWire) all() []rawExchange {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return slices.Clone(w.exchanges)
-}
 
 // rawVerdicts is a callback that keeps every verdict by messageId and lets a
 // test wait for a condition on them.
@@ -144,7 +100,7 @@ type rawRigConfig struct {
 // rawRig is one sender from NewSegmentSenders delivering to a fake.
 type rawRig struct {
 	fake     *segmenttest.Server
-	wire     *rawWire
+	wire     *wireLog
 	lim      *ratelimit.Limiter
 	cb       *rawVerdicts
 	s        Sender
@@ -167,7 +123,7 @@ func newRawRig(t *testing.T, cfg rawRigConfig) *rawRig {
 	}
 	r := &rawRig{
 		fake: segmenttest.New(drainTestWriteKey),
-		wire: &rawWire{base: http.DefaultTransport.(*http.Transport).Clone()},
+		wire: newWireLog(true),
 		lim:  ratelimit.New(cfg.rate, cfg.burst),
 		cb:   newRawVerdicts(),
 	}

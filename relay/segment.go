@@ -217,53 +217,16 @@ func (t queueTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	return t.next.RoundTrip(out)
 }
 
-// countBatch counts the messages of an analytics-go batch body, for the
-// token bucket, without decoding it: the elements of the top-level "batch"
-// array, found by tracking strings and nesting. analytics-go writes the
-// body with encoding/json, so the key is spelled exactly `"batch":[`.
+// countBatch counts the messages of a batch body, for the token bucket,
+// without decoding them: the elements of the top-level "batch" array (see
+// arrayElements). Both senders write the body with the key spelled exactly
+// `"batch":[`. A body without one counts as one message.
 func countBatch(body []byte) int {
 	i := bytes.Index(body, []byte(`"batch":[`))
 	if i < 0 {
 		return 1
 	}
-	depth, n, inString, escaped, any := 0, 0, false, false, false
-	for _, c := range body[i+len(`"batch":[`):] {
-		if inString {
-			switch {
-			case escaped:
-				escaped = false
-			case c == '\\':
-				escaped = true
-			case c == '"':
-				inString = false
-			}
-			continue
-		}
-		switch c {
-		case '"':
-			inString = true
-		case '{', '[':
-			depth++
-		case '}':
-			depth--
-		case ']':
-			if depth == 0 {
-				if any {
-					n++
-				}
-				return n
-			}
-			depth--
-		case ',':
-			if depth == 0 {
-				n++
-			}
-		case ' ', '\t', '\r', '\n':
-			continue
-		}
-		any = true
-	}
-	return max(n, 1)
+	return len(arrayElements(body[i+len(`"batch":`):]))
 }
 
 // timeoutTransport bounds each attempt, including reading the answer.

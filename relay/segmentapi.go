@@ -38,16 +38,13 @@ var SegmentCalls = []string{"track", "identify", "page", "screen", "group", "ali
 // rules as /webhook, and forwarded as it came (see segmentEntry).
 func (h *Ingest) SegmentAPI(call string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h.serve(w, r, segmentEndpoint{call: call, maxStored: h.maxBody})
+		h.serve(w, r, segmentEndpoint{h: h, call: call})
 	})
 }
 
 type segmentEndpoint struct {
+	h    *Ingest
 	call string
-	// maxStored caps what one request may store (--max-body): a batch's
-	// context is copied into each of its messages, so 500 KB could
-	// otherwise become a hundred times that in the spool and in memory.
-	maxStored int64
 }
 
 func (segmentEndpoint) route() string    { return routeSegment }
@@ -73,9 +70,13 @@ func (e segmentEndpoint) parse(r *http.Request, body []byte, auth *Auth, authed 
 	if !utf8.Valid(body) {
 		return nil, errorf(http.StatusBadRequest, "body is not valid UTF-8")
 	}
-	if !json.Valid(body) {
+	// Compacted once (which also checks it is JSON): every value taken
+	// from it below is already in the form it is stored in.
+	var compact bytes.Buffer
+	if json.Compact(&compact, body) != nil {
 		return nil, errorf(http.StatusBadRequest, "body is not valid JSON")
 	}
+	body = compact.Bytes()
 	top, err := objectMembers(body)
 	if err != nil {
 		return nil, errorf(http.StatusBadRequest, "body: %v", err)
@@ -88,9 +89,7 @@ func (e segmentEndpoint) parse(r *http.Request, body []byte, auth *Auth, authed 
 		if !ok || rawJSONKind(batch) != "array" {
 			return nil, errorf(http.StatusBadRequest, `"batch" must be an array of messages`)
 		}
-		if err := json.Unmarshal(batch, &msgs); err != nil {
-			return nil, errorf(http.StatusBadRequest, `"batch": %v`, err)
-		}
+		msgs = arrayElements(batch)
 		switch {
 		case len(msgs) == 0:
 			return nil, errorf(http.StatusBadRequest, `"batch" is empty: send at least one message`)
@@ -103,7 +102,7 @@ func (e segmentEndpoint) parse(r *http.Request, body []byte, auth *Auth, authed 
 					return nil, errorf(http.StatusBadRequest, "%q must be an object (got %s)", name, k)
 				}
 				if rawJSONKind(v) == "object" {
-					env.shared = append(env.shared, member{name, v})
+					env.shared = append(env.shared, member{name, jsonString(name), v})
 				}
 			}
 		}
@@ -131,8 +130,11 @@ func (e segmentEndpoint) parse(r *http.Request, body []byte, auth *Auth, authed 
 			return nil, errorf(http.StatusBadRequest, "%s", joinPath(where(i), err))
 		}
 		entries[i] = entry
-		if stored += int64(len(entry.Event)); stored > e.maxStored {
-			return nil, errorf(http.StatusRequestEntityTooLarge, "with the batch's context and integrations copied into each of its %d messages, it would store over %d bytes (--max-body): send smaller batches or a smaller batch context", len(msgs), e.maxStored)
+		// One request stores at most --max-body: a batch's context is
+		// copied into each of its messages, so 500 KB could otherwise
+		// become a hundred times that in the spool and in memory.
+		if stored += int64(len(entry.Event)); stored > e.h.maxBody {
+			return nil, errorf(http.StatusRequestEntityTooLarge, "with the batch's context and integrations copied into each of its %d messages, it would store over %d bytes (--max-body): send smaller batches or a smaller batch context", len(msgs), e.h.maxBody)
 		}
 	}
 	return entries, nil
@@ -180,14 +182,10 @@ func segmentEntry(raw json.RawMessage, call string, env envelope, idemKey string
 	if err != nil {
 		return spool.Entry{}, err
 	}
-	// Segment's 32 KB applies to the message as the caller sent it, before
-	// anything below adds to it.
-	var compact bytes.Buffer
-	if err := json.Compact(&compact, raw); err != nil {
-		return spool.Entry{}, err
-	}
-	if compact.Len() > MaxSegmentMessageBytes {
-		return spool.Entry{}, fmt.Errorf("message is %d bytes; Segment takes at most %d (32 KB) a message: trim its properties, traits or context", compact.Len(), MaxSegmentMessageBytes)
+	// Segment's 32 KB applies to the message as the caller sent it
+	// (compacted), before anything below adds to it.
+	if len(raw) > MaxSegmentMessageBytes {
+		return spool.Entry{}, fmt.Errorf("message is %d bytes; Segment takes at most %d (32 KB) a message: trim its properties, traits or context", len(raw), MaxSegmentMessageBytes)
 	}
 	typ := call
 	if v, ok := msg.get("type"); ok {
@@ -377,8 +375,9 @@ func mergeObjects(base, over json.RawMessage) (json.RawMessage, error) {
 
 // member is one member of a JSON object, its value as raw JSON.
 type member struct {
-	key   string
-	value json.RawMessage
+	key    string
+	quoted []byte // the key as a JSON string, as the caller spelled it
+	value  json.RawMessage
 }
 
 // members is a JSON object that keeps its members' order and their values'
@@ -399,14 +398,16 @@ func objectMembers(obj []byte) (members, error) {
 		return out, nil
 	}
 	for {
-		i = skipSpace(obj, i)
-		kEnd := stringEnd(obj, i)
-		if i >= len(obj) || obj[i] != '"' || kEnd < 0 {
+		kStart := skipSpace(obj, i)
+		kEnd := stringEnd(obj, kStart)
+		if kStart >= len(obj) || obj[kStart] != '"' || kEnd < 0 {
 			return nil, fmt.Errorf("not a valid JSON object")
 		}
-		var key string
-		if err := json.Unmarshal(obj[i:kEnd], &key); err != nil {
-			return nil, fmt.Errorf("not a valid JSON object: %v", err)
+		key := string(obj[kStart+1 : kEnd-1])
+		if bytes.IndexByte(obj[kStart:kEnd], '\\') >= 0 {
+			if err := json.Unmarshal(obj[kStart:kEnd], &key); err != nil {
+				return nil, fmt.Errorf("not a valid JSON object: %v", err)
+			}
 		}
 		i = skipSpace(obj, kEnd)
 		if i >= len(obj) || obj[i] != ':' {
@@ -421,7 +422,7 @@ func objectMembers(obj []byte) (members, error) {
 			return nil, fmt.Errorf("key %q appears twice", key)
 		}
 		seen[key] = true
-		out = append(out, member{key, json.RawMessage(obj[vStart:vEnd])})
+		out = append(out, member{key, obj[kStart:kEnd], json.RawMessage(obj[vStart:vEnd])})
 		i = skipSpace(obj, vEnd)
 		if i < len(obj) && obj[i] == '}' {
 			return out, nil
@@ -450,7 +451,7 @@ func (ms *members) set(key string, v json.RawMessage) {
 			return
 		}
 	}
-	*ms = append(*ms, member{key, v})
+	*ms = append(*ms, member{key, jsonString(key), v})
 }
 
 func (ms *members) del(key string) {
@@ -464,22 +465,44 @@ func (ms *members) del(key string) {
 
 func (ms members) clone() members { return append(members(nil), ms...) }
 
-// encode writes the object compactly, members in order.
+// encode writes the object, members in order. Its values come from a
+// compacted body (or are written compactly here), so it is compact.
 func (ms members) encode() []byte {
-	var b bytes.Buffer
-	b.WriteByte('{')
+	n := 2
+	for _, m := range ms {
+		n += len(m.quoted) + len(m.value) + 2
+	}
+	b := make([]byte, 0, n)
+	b = append(b, '{')
 	for i, m := range ms {
 		if i > 0 {
-			b.WriteByte(',')
+			b = append(b, ',')
 		}
-		b.Write(jsonString(m.key))
-		b.WriteByte(':')
-		if err := json.Compact(&b, m.value); err != nil {
-			b.Write(m.value) // values come from a validated body
+		b = append(b, m.quoted...)
+		b = append(b, ':')
+		b = append(b, m.value...)
+	}
+	return append(b, '}')
+}
+
+// arrayElements splits the JSON array at the start of arr into its
+// elements, without decoding them; what follows the array is ignored, and
+// an array cut short gives the elements that are complete.
+func arrayElements(arr []byte) []json.RawMessage {
+	var out []json.RawMessage
+	i := skipSpace(arr, 1)
+	for i < len(arr) && arr[i] != ']' {
+		end := valueEnd(arr, i)
+		if end < 0 {
+			break
+		}
+		out = append(out, json.RawMessage(arr[i:end]))
+		i = skipSpace(arr, end)
+		if i < len(arr) && arr[i] == ',' {
+			i = skipSpace(arr, i+1)
 		}
 	}
-	b.WriteByte('}')
-	return b.Bytes()
+	return out
 }
 
 // jsonString encodes s as a JSON string, without escaping HTML characters.
